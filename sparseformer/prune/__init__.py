@@ -1,0 +1,1 @@
+"""sparseformer.prune"""
