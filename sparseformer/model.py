@@ -1,0 +1,226 @@
+"""The GPT-2-style decoder of SPEC §1, with named hook points (SPEC §8).
+
+Data flow: x = wte[idx] (+ wpe[:T]) -> per layer: x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x)) -> final_resid
+-> RMSNorm -> lm_head -> + final_logits_bias (+ bigram_table[idx]).
+
+AbsTopK (keep the k = int(afrac * width) largest |x| per token) sits at the configured sites; every hook point
+is placed after the AbsTopK of its site, so records and interventions see the sparse activation.
+Module names follow the official checkpoints (transformer.h.L.attn.c_attn, ...), so state dicts map 1:1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .hooks import HookPoint
+
+
+def abstopk(x: Tensor, k: int) -> Tensor:
+    """Keep the k largest-|x| entries of each row (last dim) with their sign; zero the rest.
+    Gradients flow only through the kept entries."""
+    if k >= x.shape[-1]:
+        return x
+    idx = x.abs().topk(k, dim=-1, sorted=False).indices
+    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
+
+
+class AbsTopK(nn.Module):
+    """AbsTopK at one site; identity when k is None (the site is not sparsified)."""
+
+    def __init__(self, k: int | None):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x if self.k is None else abstopk(x, self.k)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}"
+
+
+def _site_topk(cfg: ModelConfig, site: str, width: int) -> AbsTopK:
+    on = cfg.afrac < 1 and site in cfg.afrac_sites
+    return AbsTopK(cfg.afrac_k(width) if on else None)
+
+
+def _rmsnorm(cfg: ModelConfig, width: int) -> nn.RMSNorm:
+    return nn.RMSNorm(width, eps=cfg.rms_norm_eps)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        d_attn = cfg.d_attn
+        self.n_head, self.d_head = cfg.n_head, cfg.d_head
+        self.c_attn = nn.Linear(cfg.d_model, 3 * d_attn, bias=cfg.bias)   # q, k, v in that order
+        self.c_proj = nn.Linear(d_attn, cfg.d_model, bias=cfg.bias)
+        self.sink_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.sink else None
+        self.topk_q = _site_topk(cfg, "attn_q", d_attn)
+        self.topk_k = _site_topk(cfg, "attn_k", d_attn)
+        self.topk_v = _site_topk(cfg, "attn_v", d_attn)
+        self.topk_out = _site_topk(cfg, "attn_out", cfg.d_model)
+        p = f"{layer}.attn"
+        self.hook_q = HookPoint(f"{p}.q")                  # [B, T, n_head*d_head]
+        self.hook_k = HookPoint(f"{p}.k")                  # [B, T, n_head*d_head]
+        self.hook_v = HookPoint(f"{p}.v")                  # [B, T, n_head*d_head]
+        self.hook_y = HookPoint(f"{p}.y")                  # [B, T, n_head*d_head], heads concatenated
+        self.hook_resid_delta = HookPoint(f"{p}.resid_delta")  # [B, T, d_model]
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.c_attn(x).split(self.n_head * self.d_head, dim=2)
+        q = self.hook_q(self.topk_q(q))
+        k = self.hook_k(self.topk_k(k))
+        v = self.hook_v(self.topk_v(v))
+        q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        if self.sink_logit is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = _attention_with_sink(q, k, v, self.sink_logit)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.d_head)
+        y = self.hook_y(y)
+        return self.hook_resid_delta(self.topk_out(self.c_proj(y)))
+
+
+def _attention_with_sink(q: Tensor, k: Tensor, v: Tensor, sink: Tensor) -> Tensor:
+    """Causal attention with one extra always-visible slot per head: score sink[h], zero value (SPEC §1.2)."""
+    B, H, T, D = q.shape
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))                      # (B, H, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~causal, float("-inf"))
+    sink_col = sink.to(scores.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
+    probs = torch.cat([scores, sink_col], dim=-1).softmax(dim=-1)[..., :T]          # drop the sink slot
+    return probs.to(v.dtype) @ v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
+        self.c_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+        self.topk_neuron = _site_topk(cfg, "mlp_neuron", cfg.d_mlp)
+        self.topk_out = _site_topk(cfg, "mlp_out", cfg.d_model)
+        self.hook_post_act = HookPoint(f"{layer}.mlp.post_act")          # [B, T, d_mlp]
+        self.hook_resid_delta = HookPoint(f"{layer}.mlp.resid_delta")    # [B, T, d_model]
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.hook_post_act(self.topk_neuron(self.act(self.c_fc(x))))
+        return self.hook_resid_delta(self.topk_out(self.c_proj(h)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.ln_1 = _rmsnorm(cfg, cfg.d_model)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln_2 = _rmsnorm(cfg, cfg.d_model)
+        self.mlp = MLP(cfg, layer)
+        self.topk_attn_in = _site_topk(cfg, "attn_in", cfg.d_model)
+        self.topk_mlp_in = _site_topk(cfg, "mlp_in", cfg.d_model)
+        self.topk_resid_attn = _site_topk(cfg, "resid_post_attn", cfg.d_model)
+        self.topk_resid_mlp = _site_topk(cfg, "resid_post_mlp", cfg.d_model)
+        self.hook_resid_in = HookPoint(f"{layer}.resid_in")              # [B, T, d_model]
+        self.hook_attn_in = HookPoint(f"{layer}.attn.act_in")            # [B, T, d_model]
+        self.hook_resid_mid = HookPoint(f"{layer}.resid_mid")            # [B, T, d_model]
+        self.hook_mlp_in = HookPoint(f"{layer}.mlp.act_in")              # [B, T, d_model]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.hook_resid_in(x)
+        x = x + self.attn(self.hook_attn_in(self.topk_attn_in(self.ln_1(x))))
+        x = self.hook_resid_mid(self.topk_resid_attn(x))
+        x = x + self.mlp(self.hook_mlp_in(self.topk_mlp_in(self.ln_2(x))))
+        return self.topk_resid_mlp(x)
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer; forward(idx [B, T] int64) -> logits [B, T, vocab] (float32)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.d_model),
+            h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),
+            ln_f=_rmsnorm(cfg, cfg.d_model),
+        ))
+        if cfg.learned_pos_emb:
+            self.transformer["wpe"] = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.register_buffer("final_logits_bias", torch.zeros(cfg.vocab_size))
+        if cfg.bigram_table:
+            table = torch.rand(cfg.vocab_size, cfg.vocab_size) * 0.02   # uniform[0,1) * 0.02 (SPEC §1.3)
+            if cfg.learnable_bigram_table:
+                self.bigram_table = nn.Parameter(table)
+            else:
+                self.register_buffer("bigram_table", table)
+        else:
+            self.bigram_table = None
+        self.hook_final_resid = HookPoint("final_resid")                 # [B, T, d_model]
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Init of SPEC §1.7: N(0, 0.02) weights, residual c_proj N(0, 0.02/sqrt(2 n_layer)), zero biases."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                s = std / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj") else std
+                nn.init.normal_(module.weight, 0.0, s)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+            elif isinstance(module, CausalSelfAttention) and module.sink_logit is not None:
+                nn.init.zeros_(module.sink_logit)
+
+    def hook_names(self) -> list[str]:
+        """All hook point names in forward order."""
+        from .hooks import hook_points
+        return list(hook_points(self))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe.weight[:T]
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.hook_final_resid(x)
+        logits = self.lm_head(self.transformer.ln_f(x)).float()
+        logits = logits + self.final_logits_bias
+        if self.bigram_table is not None:
+            logits = logits + self.bigram_table[idx].float()
+        return logits
+
+    @torch.no_grad()
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None, stop_token: int | None = None) -> Tensor:
+        """Extend idx [B, T] by up to max_new_tokens: greedy at temperature 0, else sampled."""
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.config.block_size:])[:, -1, :]
+            if temperature <= 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = logits.topk(min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            idx = torch.cat([idx, nxt], dim=1)
+            if stop_token is not None and bool((nxt == stop_token).all()):
+                break
+        return idx
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
