@@ -151,7 +151,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
             x, y = dataset.get_batch("train", tc.batch_size, tc.seq_len, step, tc.seed)
             x, y = x.to(device), y.to(device)
             loss = _lm_loss(model, x, y, autocast)
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(f"loss became {loss_value} at step {step + 1}; the last good checkpoint "
                                        f"(step {last_good}) is kept in {out}; lower train.lr and --resume or "
