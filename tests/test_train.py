@@ -185,3 +185,11 @@ def test_cli_bad_inputs_are_one_line(tmp_path, corpus):
     r = runner.invoke(main, ["info", str(tmp_path / "nothing")])
     assert r.exit_code == 1 and "does not exist" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_env_command_lists_backends():
+    r = CliRunner().invoke(main, ["env", "--json"])
+    assert r.exit_code == 0, r.output
+    facts = json.loads(r.output)
+    assert facts["backends"]["torch"] == "available"
+    assert set(facts["backends"]) == {"torch", "triton", "cuda"}
