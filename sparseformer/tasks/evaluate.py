@@ -1,0 +1,101 @@
+"""Run a model on task pairs: last-position logits, the differentiable task loss, and evaluation.
+
+`task_logits` and `task_loss` are plain forwards (no torch.no_grad inside), so pruning can call them in
+a training loop with hooks installed. `evaluate` wraps them in no_grad and reports, per task, the mean
+per-sequence loss, the accuracy and the number of pairs n (SPEC §4.1; conventions in loss.py).
+
+The model is any callable `model(idx)` with idx int64 [B, T] that returns logits [B, T, V] (a tuple
+whose first element is the logits is accepted too). Prompts are right-padded, which is exact for a
+causal model: the logits at a real position never see the padding after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import TaskError
+from .dataset import MAX_LEN, PAD_ID, TaskBatch, make_batch
+from .loss import contrast_correct, contrast_losses
+from .registry import Task, resolve_tasks
+
+log = logging.getLogger(__name__)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _forward_logits(model, idx: Tensor) -> Tensor:
+    out = model(idx)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, Tensor) or out.ndim != 3 or out.shape[:2] != idx.shape:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"model(idx) with idx {tuple(idx.shape)} must return logits [B, T, V], got {shape}")
+    return out
+
+
+def task_logits(model, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+    """Logits at each prompt's last real position: (logits_a [N, V], logits_b [N, V]).
+
+    A and B prompts go through the model as one right-padded batch of 2N rows.
+    """
+    device = _device_of(model) if isinstance(model, nn.Module) else batch.tokens_a.device
+    n = len(batch)
+    width = max(batch.tokens_a.shape[1], batch.tokens_b.shape[1])
+    idx = torch.full((2 * n, width), PAD_ID, dtype=torch.long, device=device)
+    idx[:n, :batch.tokens_a.shape[1]] = batch.tokens_a.to(device)
+    idx[n:, :batch.tokens_b.shape[1]] = batch.tokens_b.to(device)
+    last = torch.cat([batch.lengths_a, batch.lengths_b]).to(device) - 1
+    logits = _forward_logits(model, idx)                                # [2N, T, V]
+    picked = logits[torch.arange(2 * n, device=logits.device), last.to(logits.device)]  # [2N, V]
+    return picked[:n], picked[n:]
+
+
+def task_loss(model, batch: TaskBatch) -> Tensor:
+    """Mean per-sequence contrast loss of `model` on `batch` (a differentiable scalar)."""
+    la, lb = task_logits(model, batch)
+    return contrast_losses(la, lb, batch.target_a, batch.target_b, batch.kind).mean()
+
+
+def evaluate_batch(model, batch: TaskBatch, *, batch_size: int = 32) -> dict:
+    """loss (mean per sequence), accuracy (fraction of sequences right) and n (pairs) on one TaskBatch."""
+    losses, right = [], []
+    order = torch.maximum(batch.lengths_a, batch.lengths_b).argsort(stable=True)  # similar lengths together:
+    chunks = [batch.select(order[i:i + batch_size]) for i in range(0, len(batch), batch_size)]  # less padding
+    with torch.no_grad():
+        for sub in chunks:
+            la, lb = task_logits(model, sub)
+            tok_a, tok_b = sub.target_a.to(la.device), sub.target_b.to(la.device)
+            losses.append(contrast_losses(la, lb, tok_a, tok_b, sub.kind).cpu())
+            right.append(contrast_correct(la, lb, tok_a, tok_b, sub.kind).cpu())
+    loss, ok = torch.cat(losses), torch.cat(right)
+    return {"task": batch.task, "kind": batch.kind, "loss": loss.mean().item(),
+            "accuracy": ok.float().mean().item(), "n": len(batch), "n_dropped": batch.n_dropped}
+
+
+def evaluate(model, tokenizer, tasks: str | Task | Iterable[str | Task] | None = "all", *, n: int = 512,
+             split: str = "test", seed: int = 0, batch_size: int = 32, max_len: int = MAX_LEN) -> list[dict]:
+    """Evaluate `model` on tasks (names, 'all', Task objects or .jsonl paths; see resolve_tasks).
+
+    Returns one dict per task: {task, kind, loss, accuracy, n, n_dropped}; loss is the mean per-sequence
+    contrast loss in nats, accuracy the fraction of the 2n sequences whose correct token wins. Prompts
+    are left-truncated to max_len tokens (255, SPEC §4.1; less for a model with a shorter context).
+    """
+    if tokenizer is None:
+        raise TaskError("no tokenizer given; the task commands need the run's tokenizer to encode prompts")
+    results = []
+    for task in resolve_tasks(tasks):
+        batch = make_batch(task, tokenizer, split=split, n=n, seed=seed, max_len=max_len)
+        row = evaluate_batch(model, batch, batch_size=batch_size)
+        log.info("task %s: loss %.4f accuracy %.3f n %d", task.name, row["loss"], row["accuracy"], row["n"])
+        results.append(row)
+    return results
