@@ -1,0 +1,296 @@
+"""Sparse matmuls: every backend/method against the masked dense reference (values and all three gradients).
+
+Triton methods run through the interpreter on CPU (fp32/fp16, small shapes) and natively on a GPU; bf16
+only on a GPU (bf16 dots are wrong under the interpreter, STYLE §2.2).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from sparseformer.kernels import available
+from sparseformer.kernels.sparse_format import compact
+from sparseformer.kernels import spmm, spmm_triton
+from sparseformer.kernels.spmm import (DwPolicy, LinearPlan, dds, dds_ref, plan_linear, sdd, sdd_ref,
+                                       sparse_linear)
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TORCH_METHODS = [("torch", "dense"), ("torch", "csr"), ("torch", "coo")]
+TRITON_METHODS = [("triton", "gather"), ("triton", "gather_t"), ("triton", "tiles")]
+ALL_METHODS = TORCH_METHODS + TRITON_METHODS
+TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 2e-5), torch.float16: (1e-2, 1e-2),
+       torch.bfloat16: (4e-2, 4e-2)}
+# interpreted Triton is slow: fewer, smaller examples
+FEW = settings(max_examples=8)
+
+
+@pytest.fixture(autouse=True)
+def _no_autotune(monkeypatch):
+    """Each drawn shape would be autotuned anew on a GPU; one config is enough to test correctness."""
+    monkeypatch.setenv("SPARSEFORMER_AUTOTUNE", "0")
+
+
+def skip_unless_available(backend):
+    reason = available(DEV)[backend]
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def sparse_weight(n, k, density, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * (torch.rand(n, k, generator=g) < density)
+    return w.to(DEV, dtype)
+
+
+def assert_close(got, want, dtype, what):
+    rtol, atol = TOL[dtype]
+    scale = want.abs().max().item() if want.numel() else 0.0
+    diff = (got.double() - want.double()).abs()
+    ok = bool((diff <= atol * max(1.0, scale) + rtol * want.double().abs()).all()) if want.numel() else True
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert ok, f"{what}: max abs diff {diff.max().item():.3g}, mean {diff.mean().item():.3g} ({dtype})"
+
+
+def _product_case(backend, method, m, n, k, density, seed, dtype):
+    skip_unless_available(backend)
+    w = sparse_weight(n, k, density, seed)
+    sw = compact(w)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(m, k, generator=g).to(DEV, dtype)
+    dy = torch.randn(m, n, generator=g).to(DEV, dtype)
+    wd = w.double()
+    assert_close(dds(x, w, sw, "fwd", method), x.double() @ wd.t(), dtype, f"{method} fwd")
+    assert_close(dds(dy, w, sw, "dx", method), dy.double() @ wd, dtype, f"{method} dx")
+
+
+@pytest.mark.parametrize("backend,method", TORCH_METHODS)
+@given(m=st.integers(1, 40), n=st.integers(1, 48), k=st.integers(1, 48),
+       density=st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0]), seed=st.integers(0, 2**16))
+@example(m=1, n=1, k=1, density=1.0, seed=0)
+def test_torch_products_match_reference(backend, method, m, n, k, density, seed):
+    _product_case(backend, method, m, n, k, density, seed, torch.float32)
+
+
+@pytest.mark.parametrize("backend,method", TRITON_METHODS)
+@FEW
+@given(m=st.integers(1, 24), n=st.integers(1, 40), k=st.integers(1, 40),
+       density=st.sampled_from([0.0, 0.03, 0.2]), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float32, torch.float16]))
+@example(m=1, n=17, k=33, density=0.2, seed=3, dtype=torch.float32)
+@example(m=5, n=9, k=7, density=1.0, seed=4, dtype=torch.float32)
+def test_triton_products_match_reference(backend, method, m, n, k, density, seed, dtype):
+    _product_case(backend, method, m, n, k, density, seed, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend,method", TRITON_METHODS)
+@given(m=st.integers(1, 300), n=st.integers(1, 200), k=st.integers(1, 200),
+       density=st.sampled_from([0.0, 0.002, 0.05, 1.0]), seed=st.integers(0, 2**16))
+def test_triton_products_bf16_gpu(backend, method, m, n, k, density, seed):
+    _product_case(backend, method, m, n, k, density, seed, torch.bfloat16)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@FEW
+@given(m=st.integers(1, 40), n=st.integers(1, 24), k=st.integers(1, 24),
+       density=st.sampled_from([0.0, 0.1, 1.0]), seed=st.integers(0, 2**16))
+def test_sdd_matches_dense_dw_on_the_support(backend, m, n, k, density, seed):
+    skip_unless_available(backend)
+    w = sparse_weight(n, k, density, seed)
+    sw = compact(w)
+    g = torch.Generator().manual_seed(seed)
+    x, dy = torch.randn(m, k, generator=g).to(DEV), torch.randn(m, n, generator=g).to(DEV)
+    want = (dy.double().t() @ x.double())[sw.row, sw.col]
+    assert_close(sdd(dy, x, sw.row, sw.col, backend=backend), want, torch.float32, "sdd")
+    assert_close(sdd_ref(dy, x, sw.row, sw.col), want, torch.float32, "sdd_ref")
+
+
+def _linear_case(backend, method, shape, n, density, seed, dtype, transpose_x=False, bias=True):
+    """y, dx, dW, db of sparse_linear against F.linear in float64 on the same masked weight."""
+    skip_unless_available(backend)
+    k = shape[-1]
+    g = torch.Generator().manual_seed(seed)
+    w0 = sparse_weight(n, k, density, seed, dtype)
+    b0 = torch.randn(n, generator=g).to(DEV, dtype) if bias else None
+    if transpose_x:                                         # a non-contiguous input view
+        x0 = torch.randn(*shape[:-2], shape[-1], shape[-2], generator=g).to(DEV, dtype).transpose(-1, -2)
+    else:
+        x0 = torch.randn(*shape, generator=g).to(DEV, dtype)
+    dy = torch.randn(*shape[:-1], n, generator=g).to(DEV, dtype)
+
+    def leaves(dt):
+        out = [x0.detach().to(dt).requires_grad_(), w0.detach().to(dt).requires_grad_()]
+        return out + [b0.detach().to(dt).requires_grad_() if bias else None]
+
+    x, w, b = leaves(dtype)
+    before = [t.detach().clone() for t in (x, w, b) if t is not None]
+    y = sparse_linear(x, w, b, backend=backend, method=method)
+    y.backward(dy)
+    assert all(torch.equal(t0, t.detach()) for t0, t in zip(before, (x, w, b))), "an input was modified"
+    xr, wr, br = leaves(torch.float64)
+    yr = F.linear(xr, wr, br)
+    yr.backward(dy.double())
+    assert y.dtype == dtype
+    assert_close(y, yr, dtype, f"{method} y")
+    assert_close(x.grad, xr.grad, dtype, f"{method} dx")
+    assert_close(w.grad, wr.grad, dtype, f"{method} dW")
+    if bias:
+        assert_close(b.grad, br.grad, dtype, f"{method} db")
+
+
+@pytest.mark.parametrize("backend,method", TORCH_METHODS)
+@given(batch=st.lists(st.integers(1, 4), min_size=0, max_size=2), m=st.integers(1, 9), n=st.integers(1, 24),
+       k=st.integers(1, 24), density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), seed=st.integers(0, 2**16),
+       transpose_x=st.booleans(), bias=st.booleans())
+@example(batch=[], m=1, n=3, k=4, density=1.0, seed=1, transpose_x=False, bias=True)   # 1 row: bias not aliased
+def test_torch_linear_values_and_grads(backend, method, batch, m, n, k, density, seed, transpose_x, bias):
+    _linear_case(backend, method, (*batch, m, k), n, density, seed, torch.float32, transpose_x, bias)
+
+
+@pytest.mark.parametrize("backend,method", TRITON_METHODS)
+@FEW
+@given(batch=st.lists(st.integers(1, 3), min_size=0, max_size=1), m=st.integers(1, 8), n=st.integers(1, 24),
+       k=st.integers(1, 24), density=st.sampled_from([0.0, 0.1, 0.3]), seed=st.integers(0, 2**16),
+       transpose_x=st.booleans())
+def test_triton_linear_values_and_grads(backend, method, batch, m, n, k, density, seed, transpose_x):
+    _linear_case(backend, method, (*batch, m, k), n, density, seed, torch.float32, transpose_x)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend,method", TRITON_METHODS)
+@given(m=st.integers(1, 300), n=st.integers(1, 160), k=st.integers(1, 160),
+       density=st.sampled_from([0.001, 0.05, 1.0]), seed=st.integers(0, 2**16))
+def test_triton_linear_bf16_gpu(backend, method, m, n, k, density, seed):
+    _linear_case(backend, method, (2, m, k), n, density, seed, torch.bfloat16)
+
+
+@pytest.mark.parametrize("method", ["dense", "csr", "coo"])
+def test_gradcheck_float64(method):
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(5, 7, generator=g) * (torch.rand(5, 7, generator=g) < 0.4)).double().requires_grad_()
+    x = torch.randn(2, 3, 7, generator=g).double().requires_grad_()
+    b = torch.randn(5, generator=g).double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w, b: sparse_linear(x, w, b, backend="torch", method=method),
+                                    (x, w, b))
+
+
+def _dw_setup(seed=0, n=12, k=10, m=20):
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n, k, generator=g) * (torch.rand(n, k, generator=g) < 0.2)).requires_grad_()
+    x = torch.randn(m, k, generator=g)
+    dy = torch.randn(m, n, generator=g)
+    return w, x, dy, dy.t() @ x
+
+
+@pytest.mark.parametrize("method", ["dense", "coo"])
+def test_support_dw_is_the_dense_dw_masked_to_the_support(method):
+    w, x, dy, dense = _dw_setup()
+    pol = DwPolicy("support")
+    sparse_linear(x, w, dw=pol, method=method).backward(dy)
+    assert_close(w.grad, dense * (w != 0), torch.float32, "support dW")
+    assert pol.calls == 1
+
+
+def test_support_dw_dense_every_and_candidates():
+    w, x, dy, dense = _dw_setup(1)
+    pol = DwPolicy("support", dense_every=2, candidates=0.5)
+    sparse_linear(x, w, dw=pol).backward(dy)                 # call 0: dense, picks candidates
+    assert_close(w.grad, dense, torch.float32, "dense step")
+    nnz = int((w != 0).sum())
+    assert pol.cand_flat is not None and pol.cand_flat.numel() == int(0.5 * nnz)
+    off = dense.abs().masked_fill(w != 0, -1).reshape(-1)
+    assert set(pol.cand_flat.tolist()) == set(off.topk(int(0.5 * nnz)).indices.tolist())
+    w.grad = None
+    sparse_linear(x, w, dw=pol).backward(dy)                 # call 1: support + candidates
+    keep = (w != 0).reshape(-1).clone()
+    keep[pol.cand_flat] = True
+    assert_close(w.grad, dense * keep.view_as(dense), torch.float32, "support + candidates")
+    w.grad = None
+    sparse_linear(x, w, dw=pol).backward(dy)                 # call 2: dense again
+    assert_close(w.grad, dense, torch.float32, "dense again")
+
+
+def test_dw_policy_rejects_bad_mode():
+    with pytest.raises(ValueError, match="dw_mode"):
+        DwPolicy("sparse")
+
+
+def test_plan_picks_by_density_and_can_be_forced(monkeypatch):
+    monkeypatch.delenv("SPARSEFORMER_SPMM_METHOD", raising=False)
+    monkeypatch.delenv("SPARSEFORMER_BACKEND", raising=False)
+    dense_w = torch.randn(64, 64)
+    p = plan_linear(dense_w)
+    assert (p.fwd, p.dx, p.sw, p.density) == ("dense", "dense", None, 1.0)
+    sparse_w = sparse_weight(64, 256, 1 / 512, 0).cpu()
+    p = plan_linear(sparse_w, backend="torch")
+    assert p.fwd != "dense" and p.sw is not None and p.sw.nnz == int((sparse_w != 0).sum())
+    assert plan_linear(sparse_w.bfloat16(), backend="torch").fwd == "dense"   # torch.sparse paths: fp32/fp64
+    assert plan_linear(sparse_w, backend="torch", dw_mode="support").sw is not None
+    monkeypatch.setenv("SPARSEFORMER_SPMM_METHOD", "csr")
+    p = plan_linear(dense_w, backend="torch")
+    assert (p.fwd, p.dx) == ("csr", "csr") and p.sw is not None
+    with pytest.raises(ValueError, match="not one of"):
+        plan_linear(dense_w, backend="torch", method="tiles")
+
+
+def test_dtype_mismatch_raises_and_cpu_autocast_runs_in_bf16():
+    w = torch.randn(6, 5, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    x = torch.randn(3, 5)
+    with pytest.raises(RuntimeError, match="float64"):
+        sparse_linear(x.double(), w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sparse_linear(x, w, b)
+        yr = F.linear(x, w, b)
+    assert y.dtype == yr.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), yr.float(), atol=1e-2, rtol=1e-2)
+    y.float().sum().backward()
+    assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+
+
+def test_dds_rejects_unknown_op_and_missing_format():
+    w = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="op"):
+        dds(torch.randn(2, 4), w, None, "bwd")
+    with pytest.raises(ValueError, match="SparseWeight"):
+        dds(torch.randn(2, 4), w, None, "fwd", "coo")
+    assert torch.equal(dds_ref(torch.ones(1, 4), w, "fwd"), torch.ones(1, 4) @ w.t())
+
+
+def test_a_failing_auto_chosen_kernel_falls_back_to_masked_dense(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated compile failure")
+    monkeypatch.setattr(spmm_triton, "spmm_gather_triton", broken)
+    monkeypatch.setattr(spmm, "_BROKEN", {})
+    w = sparse_weight(6, 5, 0.5, 0).cpu().requires_grad_()
+    x = torch.randn(3, 5, requires_grad=True)
+    plan = LinearPlan(backend="triton", fwd="gather_t", dx="gather", sw=compact(w), density=0.5)
+    y = sparse_linear(x, w, plan=plan)
+    assert torch.allclose(y, F.linear(x, w), atol=1e-6)
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.ones(3, 6) @ w, atol=1e-6)
+    assert "gather" in spmm._BROKEN and "simulated compile failure" in caplog.text
+    forced = LinearPlan(backend="triton", fwd="gather", dx="gather", sw=plan.sw, density=0.5, forced=True)
+    with pytest.raises(RuntimeError, match="simulated"):
+        sparse_linear(x, w, plan=forced)
+
+
+def test_sdd_torch_sparse_path_matches_dense_dw():
+    w = sparse_weight(64, 80, 0.004, 7).cpu()          # few entries: the chunked gather path
+    sw = compact(w)
+    g = torch.Generator().manual_seed(7)
+    x, dy = torch.randn(50, 80, generator=g), torch.randn(50, 64, generator=g)
+    assert 0 < sw.nnz and sw.nnz * 64 < 64 * 80
+    want = (dy.double().t() @ x.double())[sw.row, sw.col]
+    assert_close(sdd(dy, x, sw.row, sw.col, backend="torch"), want, torch.float32, "sdd chunked")
+
+
+def test_a_forced_cuda_backend_means_triton_for_spmm(monkeypatch):
+    monkeypatch.setenv("SPARSEFORMER_BACKEND", "cuda")
+    if available(DEV)["triton"] is not None:
+        with pytest.raises(RuntimeError, match="unavailable"):
+            plan_linear(torch.randn(4, 4, device=DEV))
+    else:
+        assert plan_linear(torch.randn(4, 4, device=DEV)).backend == "triton"
