@@ -3,9 +3,12 @@
 from .errors import CheckpointError, ConfigError, DataError, SparseformerError, TaskError
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "SparseformerError", "TaskError", "load_official",
-           "import_official", "export_official"]
+           "import_official", "export_official", "SparseLinear", "sparsify", "densify", "sparse_param_groups",
+           "SparseAdamW"]
 
-_LAZY = {"load_official": "official", "import_official": "official", "export_official": "official"}
+_LAZY = {"load_official": "official", "import_official": "official", "export_official": "official",
+         "SparseLinear": "layers", "sparsify": "layers", "densify": "layers", "sparse_param_groups": "layers",
+         "SparseAdamW": "sparsity.optimizer"}
 
 
 def __getattr__(name):

@@ -6,6 +6,8 @@ Data flow: x = wte[idx] (+ wpe[:T]) -> per layer: x += Attn(RMSNorm(x)); x += ML
 AbsTopK (keep the k = int(afrac * width) largest |x| per token) sits at the configured sites; every hook point
 is placed after the AbsTopK of its site, so records and interventions see the sparse activation.
 Module names follow the official checkpoints (transformer.h.L.attn.c_attn, ...), so state dicts map 1:1.
+Every Linear is a SparseLinear (an nn.Linear whose forward picks masked-dense or a sparse kernel from the
+weight's measured density); the trainer's SparseAdamW keeps each weight at its top-k.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .hooks import HookPoint
+from .layers import SparseLinear
 
 
 def abstopk(x: Tensor, k: int) -> Tensor:
@@ -57,8 +60,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         d_attn = cfg.d_attn
         self.n_head, self.d_head = cfg.n_head, cfg.d_head
-        self.c_attn = nn.Linear(cfg.d_model, 3 * d_attn, bias=cfg.bias)   # q, k, v in that order
-        self.c_proj = nn.Linear(d_attn, cfg.d_model, bias=cfg.bias)
+        self.c_attn = SparseLinear(cfg.d_model, 3 * d_attn, bias=cfg.bias)   # q, k, v in that order
+        self.c_proj = SparseLinear(d_attn, cfg.d_model, bias=cfg.bias)
         self.sink_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.sink else None
         self.topk_q = _site_topk(cfg, "attn_q", d_attn)
         self.topk_k = _site_topk(cfg, "attn_k", d_attn)
@@ -101,9 +104,9 @@ def _attention_with_sink(q: Tensor, k: Tensor, v: Tensor, sink: Tensor) -> Tenso
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.c_fc = SparseLinear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
         self.act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
-        self.c_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+        self.c_proj = SparseLinear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
         self.topk_neuron = _site_topk(cfg, "mlp_neuron", cfg.d_mlp)
         self.topk_out = _site_topk(cfg, "mlp_out", cfg.d_model)
         self.hook_post_act = HookPoint(f"{layer}.mlp.post_act")          # [B, T, d_mlp]
@@ -152,7 +155,7 @@ class GPT(nn.Module):
         ))
         if cfg.learned_pos_emb:
             self.transformer["wpe"] = nn.Embedding(cfg.block_size, cfg.d_model)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = SparseLinear(cfg.d_model, cfg.vocab_size, bias=False)
         self.register_buffer("final_logits_bias", torch.zeros(cfg.vocab_size))
         if cfg.bigram_table:
             table = torch.rand(cfg.vocab_size, cfg.vocab_size) * 0.02   # uniform[0,1) * 0.02 (SPEC §1.3)
