@@ -30,19 +30,26 @@ def _triton_reason() -> str | None:
     return None
 
 
-@lru_cache(maxsize=None)
 def _cuda_ext():
-    """Return (module, None) when sparseformer.kernels._C loads, else (None, reason)."""
-    try:
-        from . import _C  # type: ignore[attr-defined]
-    except Exception as e:
-        return None, f"the CUDA extension is not built ({type(e).__name__}: {e})"
-    return _C, None
+    """Return (module, None) when the CUDA extension loads (kernels/_ext.py), else (None, reason)."""
+    from . import _ext
+    return _ext.load()
 
 
 def cuda_ext():
     """The compiled extension module, or None."""
     return _cuda_ext()[0]
+
+
+def kernel_set(backend: str):
+    """The streaming top-k passes of a device backend ("triton" or "cuda"), as used by topk_device.py."""
+    if backend == "triton":
+        from .topk_triton import TritonTopkKernels
+        return TritonTopkKernels
+    if backend == "cuda":
+        from .topk_cuda import CudaTopkKernels
+        return CudaTopkKernels
+    raise ValueError(f"no device kernels for backend {backend!r}")
 
 
 def available(device: torch.device | str | None = None) -> dict[str, str | None]:

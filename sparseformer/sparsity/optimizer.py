@@ -10,19 +10,20 @@ One step, in this order:
 
 Each param group holds: "params", "lr", "k" (int or None for dense), "protect" (None or (j, "rows"|"cols")),
 "weight_decay", and optionally "name". The trainer sets group["lr"] and group["k"] from the schedules
-before every step.
+before every step. The arithmetic lives in sparseformer.kernels.sparse_adamw_step_: on CPU the torch
+reference; on a GPU one fused pass for steps 1-2 (and the projection's first histogram, warm-started from
+the previous step's thresholds), then the batched projection.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
 from .. import kernels
+from ..kernels.adamw import GRAD_RMS_EPS, AdamWTensor, grad_rms_scale, protect_view
 
-GRAD_RMS_EPS = 1e-5
+__all__ = ["GRAD_RMS_EPS", "SparseAdamW"]
 
 
 class SparseAdamW(torch.optim.Optimizer):
@@ -37,6 +38,7 @@ class SparseAdamW(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.grad_rms_norm = grad_rms_norm
         self.backend = backend
+        self._topk_state = kernels.TopkState()       # warm start of the projection (device backends)
 
     @torch.no_grad()
     def grad_scale(self) -> float:
@@ -44,12 +46,7 @@ class SparseAdamW(torch.optim.Optimizer):
         if not self.grad_rms_norm:
             return 1.0
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return 1.0
-        n = sum(t.numel() for t in grads)
-        sq = torch.stack([t.float().pow(2).sum() for t in grads]).sum()
-        rms = math.sqrt(float(sq) / n)
-        return 1.0 / (rms + GRAD_RMS_EPS)
+        return grad_rms_scale(grads) if grads else 1.0
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -57,55 +54,36 @@ class SparseAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        scale = self.grad_scale()
-        to_project: list[Tensor] = []
-        ks: list[int] = []
-        protect: list[int | None] = []
-        names: list[str] = []
+        items: list[AdamWTensor] = []
+        n_proj = 0
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if p.grad.is_sparse:
+                    raise ValueError("SparseAdamW does not take sparse gradients; use dense .grad tensors")
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                t = state["step"]
-                g = p.grad.mul(scale)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                bc1 = 1 - beta1 ** t
-                bc2 = 1 - beta2 ** t
-                denom = (v / bc2).sqrt_().add_(group["eps"])
-                p.addcdiv_(m, denom, value=-group["lr"] / bc1)
-                if group["k"] is not None:
-                    view, j = _protect_view(p, group["protect"])
-                    to_project.append(view)
-                    ks.append(int(group["k"]))
-                    protect.append(j)
-                    names.append(group["name"] or f"param{len(names)}")
-        if to_project:
-            kernels.project_topk_(to_project, ks, protect_per_row=protect, names=names, backend=self.backend)
-        for group in self.param_groups:
-            wd = group["weight_decay"]
-            if wd:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.mul_(1 - group["lr"] * wd)
+                k = group["k"]
+                name = group["name"] or f"param{n_proj}"
+                if k is not None:
+                    protect_view(p, group["protect"])           # validates the axis early
+                    n_proj += 1
+                items.append(AdamWTensor(
+                    param=p.data, grad=p.grad, exp_avg=state["exp_avg"], exp_avg_sq=state["exp_avg_sq"],
+                    step=int(state["step"]), lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
+                    eps=float(group["eps"]), weight_decay=float(group["weight_decay"] or 0.0),
+                    k=None if k is None else int(k), protect=group["protect"], name=name))
+        kernels.sparse_adamw_step_(items, grad_rms_norm=self.grad_rms_norm, backend=self.backend,
+                                   state=self._topk_state)
         return loss
 
 
 def _protect_view(p: Tensor, protect) -> tuple[Tensor, int | None]:
-    """The view whose rows carry the protection, and j (None when unprotected)."""
-    if not protect:
-        return p.data, None
-    j, axis = protect
-    if axis == "rows":
-        return p.data, int(j)
-    if axis == "cols":
-        return p.data.t(), int(j)
-    raise ValueError(f"protect axis must be 'rows' or 'cols', got {axis!r}")
+    """Kept for callers of the first version: see kernels.adamw.protect_view."""
+    return protect_view(p.data, protect)

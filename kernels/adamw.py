@@ -1,0 +1,114 @@
+"""The SparseAdamW step (SPEC §2.4) over many tensors: reference in torch, and fused for the device backends.
+
+One step, in this order, for every parameter that has a gradient:
+1. g <- g * s with s = 1 / (rms + 1e-5), rms = ||all gradients||_2 / sqrt(N) (one s for all tensors);
+2. m <- m + (1 - b1)(g - m); v <- b2 v + (1 - b2) g^2;
+   p <- p - (lr / (1 - b1^t)) * m / (sqrt(v / (1 - b2^t)) + eps);
+3. tensors with a k keep exactly their top-k |p| (topk.py rules, optional per-row protection on a view);
+4. p <- p * (1 - lr * weight_decay) (after the projection, so zeros stay zero).
+
+The device path ("triton", "cuda") makes step 2 one pass over memory for all tensors of a dtype (read p,
+g, m, v; write p, m, v) with weight decay folded in for unprojected tensors. For projected tensors without
+protection that have a warm start (a `TopkState` from the previous step), the same pass also builds the
+first histogram of the projection (topk_device.py), so the projection costs one more pass (zero the
+losers, scale the survivors) plus small bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+GRAD_RMS_EPS = 1e-5
+
+
+@dataclass
+class AdamWTensor:
+    """One parameter's slice of a step: tensors, hyperparameters and projection rule."""
+
+    param: Tensor
+    grad: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    step: int                   # this step's count (1 on the first step)
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    k: int | None = None        # None: dense (no projection)
+    protect: tuple | None = None  # None or (j, "rows" | "cols")
+    name: str = "param"
+
+
+def grad_rms_scale(grads: Sequence[Tensor], *, on_device: bool = False):
+    """s = 1 / (rms + 1e-5) of all gradients (non-empty); a float, or a 0-d float32 tensor on their device.
+
+    Both forms come from the same float32 per-tensor norms, so the torch and device paths scale alike.
+    """
+    n = sum(g.numel() for g in grads)
+    norms = torch._foreach_norm([g if g.dtype == torch.float32 else g.float() for g in grads])
+    sq = torch.stack(norms).double().pow(2).sum()
+    scale = (1.0 / (torch.sqrt(sq / n) + GRAD_RMS_EPS)).float()
+    return scale if on_device else float(scale)
+
+
+def protect_view(p: Tensor, protect) -> tuple[Tensor, int | None]:
+    """The view whose rows carry the protection, and j (None when unprotected)."""
+    if not protect:
+        return p, None
+    j, axis = protect
+    if axis == "rows":
+        return p, int(j)
+    if axis == "cols":
+        return p.t(), int(j)
+    raise ValueError(f"protect axis must be 'rows' or 'cols', got {axis!r}")
+
+
+def sparse_adamw_step_(items: Sequence[AdamWTensor], *, grad_rms_norm: bool = True, backend: str | None = None,
+                       state=None) -> None:
+    """Run one SparseAdamW step in place over `items` (see the module docstring for the math)."""
+    from .dispatch import resolve
+    items = list(items)
+    if not items:
+        return
+    chosen = resolve("sparse_adamw_step_", items[0].param.device, backend)
+    if chosen == "torch" or not _fusable(items):
+        _step_torch(items, grad_rms_norm, chosen)
+    else:
+        from .adamw_device import step_device
+        step_device(items, grad_rms_norm, chosen, state)
+
+
+def _fusable(items) -> bool:
+    return all(it.param.dtype in (torch.float32, torch.bfloat16, torch.float16)
+               and it.grad.dtype == it.param.dtype and it.exp_avg.dtype == it.param.dtype
+               and it.exp_avg_sq.dtype == it.param.dtype and it.param.is_contiguous() and it.grad.is_contiguous()
+               and it.exp_avg.is_contiguous() and it.exp_avg_sq.is_contiguous() for it in items)
+
+
+def _step_torch(items, grad_rms_norm: bool, backend: str) -> None:
+    """The reference: plain torch ops, one tensor at a time, then one batched projection."""
+    from . import project_topk_
+    scale = grad_rms_scale([it.grad for it in items]) if grad_rms_norm else 1.0
+    views, ks, prot, names, decayed = [], [], [], [], []
+    for it in items:
+        p, m, v = it.param, it.exp_avg, it.exp_avg_sq
+        g = it.grad.mul(scale)
+        m.lerp_(g, 1 - it.beta1)
+        v.mul_(it.beta2).addcmul_(g, g, value=1 - it.beta2)
+        bc1 = 1 - it.beta1 ** it.step
+        bc2 = 1 - it.beta2 ** it.step
+        denom = (v / bc2).sqrt_().add_(it.eps)
+        p.addcdiv_(m, denom, value=-it.lr / bc1)
+        if it.k is not None:
+            view, j = protect_view(p, it.protect)
+            views.append(view); ks.append(int(it.k)); prot.append(j); names.append(it.name)
+    if views:
+        project_topk_(views, ks, protect_per_row=prot, names=names, backend=backend)
+    for it in items:
+        if it.weight_decay:
+            it.param.mul_(1 - it.lr * it.weight_decay)
