@@ -1,6 +1,8 @@
 """sparseformer.kernels: the fast ops and their pure-torch references.
 
-Public API (stable): `topk_mask`, `project_topk_`, `TopkState`, `sparse_adamw_step_`, `available`. Each op
+Public API (stable): `topk_mask`, `project_topk_`, `TopkState`, `sparse_adamw_step_`, `available`, and the
+sparse matmuls `sparse_linear`, `plan_linear`, `dds`, `sdd`, `DwPolicy`, `LinearPlan`, `SparseWeight`,
+`compact` (see spmm.py and sparse_format.py). Each op
 takes `backend=None|"torch"|"triton"|"cuda"`; see dispatch.py for how None resolves. This package imports
 nothing from the rest of sparseformer.
 """
@@ -12,12 +14,15 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from .adamw import sparse_adamw_step_
+from .sparse_format import SparseWeight, compact
+from .spmm import DwPolicy, LinearPlan, dds, plan_linear, sdd, sparse_linear
 from .dispatch import available, kernel_set, resolve
 from .topk import _per_tensor, project_topk_ref_, topk_mask_ref  # noqa: F401  (the readable spec)
 from .topk_device import TopkState, project_device_
 from .topk_torch import project_topk_torch_, topk_mask_torch
 
-__all__ = ["TopkState", "available", "project_topk_", "sparse_adamw_step_", "topk_mask"]
+__all__ = ["DwPolicy", "LinearPlan", "SparseWeight", "TopkState", "available", "compact", "dds", "plan_linear",
+           "project_topk_", "sdd", "sparse_adamw_step_", "sparse_linear", "topk_mask"]
 
 
 def topk_mask(w: Tensor, k: int, *, protect_per_row: int | None = None, backend: str | None = None) -> Tensor:
