@@ -78,10 +78,10 @@ if [ "$HAS_GPU" = "1" ]; then
   # the kernel tests run whole on the GPU (larger shapes); the nvcc test is moot after build_ext
   step tests_kernels "$(cap "${CAP_tests_kernels:-100}" 150)" env HYPOTHESIS_PROFILE=gpu $PY -m pytest -q \
     -p no:cacheprovider tests/kernels/test_topk.py tests/kernels/test_adamw.py tests/test_optimizer.py \
-    -m "not slow" -k "not nvcc"
+    tests/kernels/test_spmm.py -m "not slow" -k "not nvcc"
   step tests_gpu "$(cap "${CAP_tests_gpu:-60}" 130)" env HYPOTHESIS_PROFILE=gpu $PY -m pytest -q -p no:cacheprovider \
     -m gpu tests --ignore=tests/kernels/test_topk.py --ignore=tests/kernels/test_adamw.py \
-    --ignore=tests/test_optimizer.py
+    --ignore=tests/test_optimizer.py --ignore=tests/kernels/test_spmm.py
   for b in $BENCHES; do
     [ "$b" = "bench_topk" ] && continue
     var="CAP_$b"
