@@ -1,0 +1,208 @@
+"""Finding a circuit: train node masks, bisect the number of kept nodes to a target loss, calibrate.
+
+SPEC §5.2-5.4. One parameter tau per node, initialised N(init_bias, init_scale^2) and clamped to [-1, 1]
+after every step; the forward uses m = H(tau) (1 where tau > 0; tau = 0 counts as off), the backward the
+surrogate dm/dtau = sigmoid'(tau/T)/T. The objective is task loss + k_coef * sum(m), minimised with AdamW
+(linear lr decay, no warmup, gradient clipping) on batches of `batch_pairs` pairs. Afterwards nodes are
+ranked by tau and the number kept is bisected on the evaluation pairs for the smallest k whose circuit
+(top-k nodes kept, the rest ablated) reaches the target loss. Optionally the circuit's logits are
+calibrated (z -> a z with a > 0, plus a shift b of the target-A logit) by 16 LBFGS steps at every k tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from .ablate import Ablator
+from .sites import kept_from_flat, n_nodes, split_flat
+from .taskdata import TaskBatch, contrast_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchSettings:
+    """Mask-search hyperparameters: SPEC §5.3 Table 2 centres, except that the run is short enough for a
+    CPU (40 steps, not tens of epochs), so lr and k_coef are larger than the centres (3e-3, 1e-4): tau
+    must be able to cross 0 within the run. Chosen on the tiny model's single_double_quote."""
+    steps: int = 40                 # optimizer steps
+    batch_pairs: int = 64           # pairs per step (128 sequences)
+    lr: float = 0.1
+    k_coef: float = 1e-3            # weight of the kept-node count in the objective
+    init_bias: float = 0.1          # tau init mean: every node starts on
+    init_scale: float = 0.01        # tau init std
+    weight_decay: float = 1e-3
+    beta2: float = 0.95
+    temperature: float = 1.0        # heaviside_temp T of the surrogate gradient
+    grad_clip: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchOutcome:
+    """One trial: its settings, the trained tau (flat), the bisected circuit and its loss."""
+    settings: SearchSettings
+    tau: Tensor
+    kept: dict[str, list[int]]
+    loss: float
+    scale: float = 1.0
+    shift: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> int:
+        return sum(len(v) for v in self.kept.values())
+
+
+def heaviside(tau: Tensor, temperature: float = 1.0) -> Tensor:
+    """H(tau) in the forward pass, sigmoid'(tau/T)/T as its gradient (straight-through surrogate)."""
+    soft = torch.sigmoid(tau / temperature)
+    return (tau > 0).to(tau.dtype) + (soft - soft.detach())     # exactly 0 or 1 in the forward pass
+
+
+def _length_buckets(train: TaskBatch, batch_pairs: int, gen: torch.Generator) -> list[Tensor]:
+    """One epoch of pair-index batches: pairs sorted by (jittered) length, cut into batches, in random
+    order. Batches of similar lengths pad little, which matters as prompts run from ~20 to 255 tokens."""
+    key = train.pair_lengths().float().cpu() + 16 * torch.rand(train.n_pairs, generator=gen)
+    order = torch.sort(key).indices
+    batches = list(order.split(batch_pairs))
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def train_masks(ablator: Ablator, sites: dict[str, int], train: TaskBatch, settings: SearchSettings,
+                seed: int = 0, progress: bool = False) -> tuple[Tensor, list[dict]]:
+    """Optimise tau on the training pairs; returns (tau, history of {step, task_loss, nodes})."""
+    s = settings
+    gen = torch.Generator().manual_seed(seed)
+    n = n_nodes(sites)
+    tau = (s.init_bias + s.init_scale * torch.randn(n, generator=gen)).clamp(-1, 1)
+    tau = tau.to(ablator.device).requires_grad_(True)
+    opt = torch.optim.AdamW([tau], lr=s.lr, betas=(0.9, s.beta2), weight_decay=s.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / s.steps))
+    batches = _length_buckets(train, s.batch_pairs, gen)
+    history: list[dict] = []
+    from tqdm.auto import tqdm
+    bar = tqdm(range(s.steps), desc="masks", disable=not progress, leave=False)
+    for step in bar:
+        if not batches:                                            # next epoch
+            batches = _length_buckets(train, s.batch_pairs, gen)
+        batch = train.select(batches.pop())
+        m = heaviside(tau, s.temperature)
+        task_loss = ablator.loss(batch, split_flat(m, sites))
+        loss = task_loss + s.k_coef * m.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([tau], s.grad_clip)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            tau.clamp_(-1.0, 1.0)
+        if step % 10 == 0 or step == s.steps - 1:
+            kept = int((tau > 0).sum())
+            history.append({"step": step, "task_loss": task_loss.item(), "nodes": kept})
+            bar.set_postfix(loss=f"{history[-1]['task_loss']:.3f}", nodes=kept)
+    return tau.detach().cpu(), history
+
+
+def calibrate(logits: Tensor, batch: TaskBatch, steps: int = 16) -> tuple[float, float, float]:
+    """Fit a > 0 and b of z -> a z (+ b on the target-A logit) with `steps` LBFGS iterations;
+    returns (a, b, loss). Falls back to (1, 0) if the fit does not lower the loss."""
+    logits = logits.detach().float()
+    base = float(contrast_loss(logits, batch))
+    log_a = torch.zeros((), device=logits.device, requires_grad=True)
+    b = torch.zeros((), device=logits.device, requires_grad=True)
+    opt = torch.optim.LBFGS([log_a, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = contrast_loss(logits, batch, log_a.exp(), b)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        loss = float(contrast_loss(logits, batch, log_a.exp(), b))
+    if not math.isfinite(loss) or loss >= base:
+        return 1.0, 0.0, base
+    return float(log_a.detach().exp()), float(b.detach()), loss
+
+
+def circuit_loss_fn(ablator: Ablator, sites: dict[str, int], batch: TaskBatch, ranking: Tensor,
+                    calibrated: bool) -> Callable[[int], tuple[float, float, float]]:
+    """k -> (loss, a, b) of the circuit of the k top-ranked nodes on `batch` (memoised)."""
+    cache: dict[int, tuple[float, float, float]] = {}
+    n = n_nodes(sites)
+
+    def loss_at(k: int) -> tuple[float, float, float]:
+        if k not in cache:
+            flat = torch.zeros(n)
+            flat[ranking[:k]] = 1.0
+            z, b = ablator.eval_logits(batch, split_flat(flat, sites))
+            if calibrated:
+                a, s, loss = calibrate(z, b)
+                cache[k] = (loss, a, s)
+            else:
+                cache[k] = (float(contrast_loss(z, b)), 1.0, 0.0)
+        return cache[k]
+
+    return loss_at
+
+
+def bisect_nodes(loss_at: Callable[[int], tuple], n: int, target: float) -> int:
+    """Smallest k in [0, n] with loss_at(k)[0] <= target, by bisection (assumes loss falls with k and
+    that loss_at(n) reaches the target)."""
+    if loss_at(0)[0] <= target:
+        return 0
+    lo, hi = 0, n                                                   # loss(lo) > target >= loss(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if loss_at(mid)[0] <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def rank_nodes(tau: Tensor) -> Tensor:
+    """Node indices by tau, highest first; ties keep forward order."""
+    return torch.sort(-tau, stable=True).indices
+
+
+def search_circuit(ablator: Ablator, sites: dict[str, int], train: TaskBatch, test: TaskBatch,
+                   settings: SearchSettings, *, target_loss: float, calibrated: bool = False, seed: int = 0,
+                   progress: bool = False) -> SearchOutcome:
+    """One trial: train masks, then bisect k on the evaluation pairs `test`."""
+    t0 = time.perf_counter()
+    tau, history = train_masks(ablator, sites, train, settings, seed=seed, progress=progress)
+    t1 = time.perf_counter()
+    ranking = rank_nodes(tau)
+    loss_at = circuit_loss_fn(ablator, sites, test, ranking, calibrated)
+    k = bisect_nodes(loss_at, n_nodes(sites), target_loss)
+    loss, a, b = loss_at(k)
+    kept = kept_from_flat(ranking[:k].tolist(), sites)
+    timings = {"masks": round(t1 - t0, 2), "bisect": round(time.perf_counter() - t1, 2)}
+    log.info("trial k_coef=%.2g lr=%.2g: %d nodes (%d with tau > 0 after training), loss %.4f; %s",
+             settings.k_coef, settings.lr, k, int((tau > 0).sum()), loss, timings)
+    return SearchOutcome(settings=settings, tau=tau, kept=kept, loss=loss, scale=a, shift=b, history=history,
+                         timings_s=timings)
+
+
+def trial_settings(base: SearchSettings, trial: int, seed: int = 0) -> SearchSettings:
+    """Trial 0 is `base`; later trials draw k_coef (x10^±1), lr (x10^±0.5) and init_bias (x10^±0.5)
+    log-uniformly around it."""
+    if trial == 0:
+        return base
+    rng = random.Random(f"trial:{seed}:{trial}")
+    return replace(base, k_coef=base.k_coef * 10 ** rng.uniform(-1, 1), lr=base.lr * 10 ** rng.uniform(-0.5, 0.5),
+                   init_bias=base.init_bias * 10 ** rng.uniform(-0.5, 0.5))

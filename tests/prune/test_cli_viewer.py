@@ -1,0 +1,116 @@
+"""`sparseformer prune` / `circuits` on a small run directory, their one-line errors, and the viewer file."""
+
+import json
+import re
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sparseformer.checkpoint import MODEL_FILE, atomic_save_tensors, save_config
+from sparseformer.cli import main
+from sparseformer.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from sparseformer.data.corpus import stdlib_dir
+from sparseformer.data.tokenizer import Tokenizer
+from sparseformer.model import GPT
+from sparseformer.prune.circuit import find_circuit
+from sparseformer.prune.outputs import write_outputs
+from sparseformer.prune.search import SearchSettings
+from sparseformer.report.viewer import render_viewer
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """An untrained 1-layer model with a real BPE tokenizer and a small corpus of stdlib files."""
+    root = tmp_path_factory.mktemp("prune_cli")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    texts, size = [], 0
+    for path in sorted(stdlib_dir().glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        (corpus / path.name).write_text(text, encoding="utf-8")
+        texts.append(text)
+        size += len(text)
+        if size > 300_000:
+            break
+    run = root / "run"
+    run.mkdir()
+    cfg = RunConfig(model=ModelConfig(n_layer=1, d_model=32, n_head=2, d_head=16, d_mlp=64, block_size=64, afrac=0.25),
+                    train=TrainConfig(seq_len=64), data=DataConfig(source=str(corpus))).validate()
+    save_config(run, cfg)
+    Tokenizer.train(texts, vocab_size=2048).save(run / "tokenizer.json")
+    torch.manual_seed(0)
+    atomic_save_tensors(GPT(cfg.model).state_dict(), run / MODEL_FILE, {"step": "0"})
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSEFORMER_CACHE", str(tmp_path / "cache"))
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_error_line(res) -> str:
+    assert res.exit_code == 1, res.output
+    lines = [l for l in res.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in res.output, res.output
+    return lines[0]
+
+
+def test_prune_writes_circuit_json_and_viewer(run_dir):
+    # an untrained model: a loose target is reached by the empty circuit, which still exercises the whole path
+    res = invoke("prune", run_dir, "--task", "single_double_quote", "--target-loss", "5", "--steps", "3",
+                 "--train-pairs", "16", "--eval-pairs", "8", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    for key in ("task", "target_loss", "full_loss", "loss", "necessity_loss", "random_loss", "nodes", "edges",
+                "circuit", "viewer"):
+        assert key in out
+    assert out["loss"] <= 5 and out["task"] == "single_double_quote"
+    doc = json.loads(open(out["circuit"]).read())
+    assert doc["kept"] == {} and doc["nodes"] == out["nodes"] == 0 and doc["settings"]["ablation"] == "mean"
+    assert (run_dir / "means.safetensors").is_file()
+    assert open(out["viewer"]).read().startswith("<!DOCTYPE html>")
+    table = invoke("circuits", run_dir)
+    assert table.exit_code == 0 and "single_double_quote" in table.output and "geometric mean" in table.output
+    summary = json.loads(invoke("circuits", run_dir, "--json").stdout)
+    assert summary["rows"][0]["task"] == "single_double_quote" and summary["geomean_edges"] == 1.0
+
+
+def test_unreachable_target_names_the_full_model_loss(run_dir):
+    line = one_error_line(invoke("prune", run_dir, "--task", "single_double_quote", "--steps", "1",
+                                 "--train-pairs", "8", "--eval-pairs", "8"))
+    assert re.search(r"unpruned model's loss on single_double_quote is \d+\.\d+ per sequence, above the target 0\.15",
+                     line)
+
+
+def test_unknown_task_is_one_line_with_a_suggestion(run_dir):
+    line = one_error_line(invoke("prune", run_dir, "--task", "single_double_quot"))
+    assert "unknown task" in line and "single_double_quote" in line
+
+
+def test_run_without_a_model_is_one_line(tmp_path, run_dir):
+    empty = tmp_path / "norun"
+    empty.mkdir()
+    (empty / "config.json").write_text((run_dir / "config.json").read_text())
+    assert "model.safetensors" in one_error_line(invoke("prune", empty, "--task", "single_double_quote"))
+    assert "does not exist" in one_error_line(invoke("prune", tmp_path / "missing", "--task", "single_double_quote"))
+    assert "no circuit for task" in one_error_line(invoke("circuits", empty, "--tasks", "with_as"))
+
+
+def test_viewer_is_self_contained_and_escapes_the_data(planted, tmp_path):
+    model, batch, means = planted
+    result = find_circuit(model, batch, batch, means, task="planted", settings=SearchSettings(steps=2))
+    result.snippets = {"0.attn.v.0": {"top": [{"tokens": ["</script><b>", "x"], "highlight": 0, "act": 1.0}],
+                                      "bottom": []}}
+    json_path, html_path = write_outputs(tmp_path, result)
+    page = html_path.read_text()
+    assert page.count("</script>") == 2                 # the two script elements, none from the data
+    assert not re.search(r"<(link|img|iframe)\b|\bsrc=|@import|url\(", page)
+    assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", page)
+    data = re.search(r'<script id="circuit-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    assert json.loads(data) == json.loads(json_path.read_text())
+    assert render_viewer(json.loads(json_path.read_text())) == page
