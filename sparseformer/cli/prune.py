@@ -16,7 +16,7 @@ import click
 @click.option("--ablation", type=click.Choice(["mean", "zero"]), default="mean", show_default=True,
               help="Replace pruned nodes by their pretraining mean, or by zero.")
 @click.option("--trials", type=int, default=1, show_default=True,
-              help="Random-search trials over k_coef, lr and init; the smallest circuit wins.")
+              help="Random-search trials over k_coef, lr and init around the defaults; the smallest circuit wins.")
 @click.option("--steps", type=int, default=None, help="Mask-optimisation steps per trial (default 40).")
 @click.option("--freeze-norms/--no-freeze-norms", default=False, show_default=True,
               help="Divide by the unpruned model's RMSNorm scales (stops norm-scale cheating).")

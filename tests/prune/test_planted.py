@@ -8,14 +8,13 @@ from sparseformer.prune.search import SearchSettings
 
 from conftest import PLANTED_BIAS_EDGES, PLANTED_EDGES, PLANTED_NODES
 
-STEPS = 120
 
 
 @pytest.mark.parametrize("ablation", ["mean", "zero"])
 def test_pruning_recovers_the_planted_circuit(planted, ablation):
     model, batch, means = planted
     result = find_circuit(model, batch, batch, means if ablation == "mean" else None, task="planted",
-                          settings=SearchSettings(steps=STEPS))
+                          settings=SearchSettings())   # the defaults
     assert result.kept == PLANTED_NODES
     assert result.nodes == sum(len(c) for c in PLANTED_NODES.values())
     assert (result.edges, result.bias_edges) == (PLANTED_EDGES, PLANTED_BIAS_EDGES)
@@ -38,7 +37,7 @@ def test_planted_edges_have_the_planted_weights(planted):
 
 def test_frozen_norms_and_calibration_keep_the_planted_circuit(planted):
     model, batch, means = planted
-    result = find_circuit(model, batch, batch, means, task="planted", settings=SearchSettings(steps=STEPS),
+    result = find_circuit(model, batch, batch, means, task="planted", settings=SearchSettings(),
                           freeze_norms=True, calibrate_logits=True)
     assert result.kept == PLANTED_NODES
     assert result.calibration is not None and result.calibration["scale"] > 0
