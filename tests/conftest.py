@@ -10,6 +10,8 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # test tensors are tiny: one thread avoids OpenMP start-up and oversubscription costs on the 2-core CI
+    torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

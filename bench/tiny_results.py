@@ -1,0 +1,134 @@
+"""The README's numbers for the tiny preset, from one rerunnable command.
+
+    python bench/tiny_results.py --out bench/results            # ~10-15 minutes on a 2-core CPU
+
+Trains the `tiny` preset twice on the standard-library corpus (weight-sparse, and `--dense` with the same
+architecture), evaluates both on the 20 tasks, prunes `single_double_quote` on both (target 0.15, mean
+ablation), and writes tiny_results.json + tiny_results.md (and, with --screenshot, a PNG of the sparse circuit
+viewer made by headless Chromium). Runs live in --runs (default runs/bench_tiny); finished runs are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+def one_model(name: str, run_dir: Path, dense: bool, task: str, eval_pairs: int) -> dict:
+    from sparseformer.checkpoint import load_run, read_state
+    from sparseformer.cli.train import run_info
+    from sparseformer.config import apply_overrides, get_preset
+    from sparseformer.errors import PruneError
+    from sparseformer.prune import prune_task, write_outputs
+    from sparseformer.tasks import evaluate
+    from sparseformer.train import train
+
+    cfg = apply_overrides(get_preset("tiny"), ["train.device=cpu"] + (["sparsity.dense=true"] if dense else []))
+    t0 = time.perf_counter()
+    if not read_state(run_dir).get("finished"):
+        train(cfg, run_dir, force=True, progress=False)
+    train_s = time.perf_counter() - t0
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    val = [m["val_loss"] for m in metrics if "val_loss" in m]
+    info = run_info(run_dir)
+    weights = [t for t in info["tensors"] if t["kind"] == "weight"]
+    run = load_run(run_dir)
+    rows = evaluate(run.model, run.tokenizer, "all", n=eval_pairs)
+    t1 = time.perf_counter()
+    try:
+        res = prune_task(run, task, progress=False)
+        json_path, html_path = write_outputs(run.path, res)
+        circuit = {"task": task, "target_loss": res.target_loss, "full_loss": res.full_loss, "loss": res.loss,
+                   "necessity_loss": res.necessity_loss, "random_loss": res.random_loss, "nodes": res.nodes,
+                   "edges": res.edges, "bias_edges": res.bias_edges, "sufficient": res.sufficient,
+                   "prune_seconds": round(time.perf_counter() - t1, 1),
+                   "json": str(json_path), "viewer": str(html_path)}
+    except PruneError as e:     # e.g. the unpruned model does not reach the target: record it, go on
+        circuit = {"task": task, "error": str(e)}
+    return {
+        "name": name, "run": str(run_dir), "dense": dense, "steps": run.step, "train_seconds": round(train_s, 1),
+        "final_val_loss": val[-1] if val else None,
+        "weight_density": (sum(t["nonzero"] for t in weights) / sum(t["numel"] for t in weights)) if weights else None,
+        "total_nonzero": info["total_nonzero"], "total_params": info["total_params"],
+        "all_at_k": info["all_at_k"],
+        "eval": rows,
+        "mean_task_loss": sum(r["loss"] for r in rows) / len(rows),
+        "mean_task_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
+        "circuit": circuit,
+    }
+
+
+def markdown(doc: dict) -> str:
+    s, d = doc["models"]
+    lines = [f"# tiny preset: sparse vs dense (commit {doc['commit']}, {doc['date']}, {doc['machine']})", "",
+             f"Command: `{doc['command']}`", "",
+             "| model | steps | weight density | nonzero params | final val loss | mean task loss | mean task acc | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in (s, d):
+        lines.append(f"| {m['name']} | {m['steps']} | {m['weight_density']:.4f} | {m['total_nonzero']:,} / "
+                     f"{m['total_params']:,} | {m['final_val_loss']:.4f} | {m['mean_task_loss']:.4f} | "
+                     f"{m['mean_task_accuracy']:.3f} | {m['train_seconds']:.0f} |")
+    lines += ["", "Task loss (mean per-sequence contrast loss, nats) and accuracy on the test pairs:", "",
+              "| task | sparse loss | sparse acc | dense loss | dense acc |", "|---|---|---|---|---|"]
+    for a, b in zip(s["eval"], d["eval"]):
+        lines.append(f"| {a['task']} | {a['loss']:.4f} | {a['accuracy']:.3f} | {b['loss']:.4f} | {b['accuracy']:.3f} |")
+    lines += ["", "Circuits (`sparseformer prune RUN --task single_double_quote`, target 0.15 per sequence, mean ablation):",
+              "", "| model | full loss | circuit loss | reaches target | nodes | edges | necessity loss | random-circuit loss |",
+              "|---|---|---|---|---|---|---|---|"]
+    for m in (s, d):
+        c = m["circuit"]
+        if "error" in c:
+            lines.append(f"| {m['name']} | not pruned: {c['error']} |  |  |  |  |  |  |")
+            continue
+        lines.append(f"| {m['name']} | {c['full_loss']:.4f} | {c['loss']:.4f} | {c['sufficient']} | {c['nodes']} | "
+                     f"{c['edges']} | {c['necessity_loss']:.4f} | {c['random_loss']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--runs", default="runs/bench_tiny")
+    ap.add_argument("--task", default="single_double_quote")
+    ap.add_argument("--eval-pairs", type=int, default=256)
+    ap.add_argument("--screenshot", default=None, help="PNG path for a screenshot of the sparse circuit viewer")
+    args = ap.parse_args()
+    from sparseformer.checkpoint import atomic_write_text
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    models = [one_model("sparse", runs / "sparse", False, args.task, args.eval_pairs),
+              one_model("dense", runs / "dense", True, args.task, args.eval_pairs)]
+    doc = {"commit": _git_commit(), "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
+           f"{os.cpu_count()} cores, torch {torch.__version__}", "command": "python bench/tiny_results.py "
+           + " ".join(sys.argv[1:]), "models": models}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "tiny_results.json", json.dumps(doc, indent=2) + "\n")
+    md = markdown(doc)
+    atomic_write_text(out / "tiny_results.md", md)
+    print(md)
+    if args.screenshot and "viewer" in models[0]["circuit"]:
+        from sparseformer.report.screenshot import screenshot
+        screenshot(models[0]["circuit"]["viewer"], args.screenshot)
+        print(f"screenshot: {args.screenshot}")
+
+
+if __name__ == "__main__":
+    main()
