@@ -48,7 +48,6 @@ def one_model(name: str, run_dir: Path, dense: bool, task: str, eval_pairs: int)
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     val = [m["val_loss"] for m in metrics if "val_loss" in m]
     info = run_info(run_dir)
-    weights = [t for t in info["tensors"] if t["kind"] == "weight"]
     run = load_run(run_dir)
     rows = evaluate(run.model, run.tokenizer, "all", n=eval_pairs)
     t1 = time.perf_counter()
@@ -65,7 +64,7 @@ def one_model(name: str, run_dir: Path, dense: bool, task: str, eval_pairs: int)
     return {
         "name": name, "run": str(run_dir), "dense": dense, "steps": run.step, "train_seconds": round(train_s, 1),
         "final_val_loss": val[-1] if val else None,
-        "weight_density": (sum(t["nonzero"] for t in weights) / sum(t["numel"] for t in weights)) if weights else None,
+        "weight_density": weight_density(info),
         "total_nonzero": info["total_nonzero"], "total_params": info["total_params"],
         "all_at_k": info["all_at_k"],
         "eval": rows,
@@ -73,6 +72,13 @@ def one_model(name: str, run_dir: Path, dense: bool, task: str, eval_pairs: int)
         "mean_task_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
         "circuit": circuit,
     }
+
+
+def weight_density(info: dict) -> float:
+    """Nonzero fraction over the weight matrices (c_attn, c_proj, c_fc) of a run's `info`."""
+    from sparseformer.sparsity.params import classify
+    weights = [t for t in info["tensors"] if classify(t["name"]) == "weight"]
+    return sum(t["nonzero"] for t in weights) / sum(t["numel"] for t in weights)
 
 
 def markdown(doc: dict) -> str:
@@ -84,7 +90,7 @@ def markdown(doc: dict) -> str:
     for m in (s, d):
         lines.append(f"| {m['name']} | {m['steps']} | {m['weight_density']:.4f} | {m['total_nonzero']:,} / "
                      f"{m['total_params']:,} | {m['final_val_loss']:.4f} | {m['mean_task_loss']:.4f} | "
-                     f"{m['mean_task_accuracy']:.3f} | {m['train_seconds']:.0f} |")
+                     f"{m['mean_task_accuracy']:.3f} | {m['train_seconds']:.0f} |" + (" (reused a finished run)" if m["train_seconds"] < 1 else ""))
     lines += ["", "Task loss (mean per-sequence contrast loss, nats) and accuracy on the test pairs:", "",
               "| task | sparse loss | sparse acc | dense loss | dense acc |", "|---|---|---|---|---|"]
     for a, b in zip(s["eval"], d["eval"]):
@@ -109,8 +115,20 @@ def main() -> None:
     ap.add_argument("--task", default="single_double_quote")
     ap.add_argument("--eval-pairs", type=int, default=256)
     ap.add_argument("--screenshot", default=None, help="PNG path for a screenshot of the sparse circuit viewer")
+    ap.add_argument("--rebuild", action="store_true",
+                    help="rewrite the markdown from an existing tiny_results.json (no training or pruning)")
     args = ap.parse_args()
     from sparseformer.checkpoint import atomic_write_text
+    out = Path(args.out)
+    if args.rebuild:
+        from sparseformer.cli.train import run_info
+        doc = json.loads((out / "tiny_results.json").read_text())
+        for m in doc["models"]:
+            m["weight_density"] = weight_density(run_info(Path(m["run"])))
+        atomic_write_text(out / "tiny_results.json", json.dumps(doc, indent=2) + "\n")
+        atomic_write_text(out / "tiny_results.md", markdown(doc))
+        print(markdown(doc))
+        return
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     models = [one_model("sparse", runs / "sparse", False, args.task, args.eval_pairs),
@@ -118,7 +136,6 @@ def main() -> None:
     doc = {"commit": _git_commit(), "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
            f"{os.cpu_count()} cores, torch {torch.__version__}", "command": "python bench/tiny_results.py "
            + " ".join(sys.argv[1:]), "models": models}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "tiny_results.json", json.dumps(doc, indent=2) + "\n")
     md = markdown(doc)
