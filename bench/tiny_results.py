@@ -90,7 +90,8 @@ def markdown(doc: dict) -> str:
     for m in (s, d):
         lines.append(f"| {m['name']} | {m['steps']} | {m['weight_density']:.4f} | {m['total_nonzero']:,} / "
                      f"{m['total_params']:,} | {m['final_val_loss']:.4f} | {m['mean_task_loss']:.4f} | "
-                     f"{m['mean_task_accuracy']:.3f} | {m['train_seconds']:.0f} |" + (" (reused a finished run)" if m["train_seconds"] < 1 else ""))
+                     f"{m['mean_task_accuracy']:.3f} | {m['train_seconds']:.0f}"
+                     + (" (reused a finished run) |" if m["train_seconds"] < 1 else " |"))
     lines += ["", "Task loss (mean per-sequence contrast loss, nats) and accuracy on the test pairs:", "",
               "| task | sparse loss | sparse acc | dense loss | dense acc |", "|---|---|---|---|---|"]
     for a, b in zip(s["eval"], d["eval"]):
