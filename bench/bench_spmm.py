@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout without install
+from sparseformer.checkpoint import resolve_device  # noqa: E402
 from sparseformer.kernels.sparse_format import compact  # noqa: E402
 from sparseformer.kernels.spmm import dds, plan_linear, sdd  # noqa: E402
 
@@ -369,8 +370,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
+    dev = resolve_device(args.device)
     gpu = dev.type == "cuda"
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if gpu else torch.float32)
     if gpu:

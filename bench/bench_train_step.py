@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_spmm import _frac, env_header, sync, write_results  # noqa: E402
 
+from sparseformer.checkpoint import resolve_device  # noqa: E402
 from sparseformer.config import SparsityConfig, TrainConfig, get_preset, paper  # noqa: E402
 from sparseformer.layers import densify, sparse_layers, sparsify  # noqa: E402
 from sparseformer.model import GPT  # noqa: E402
@@ -254,8 +255,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
+    dev = resolve_device(args.device)
     gpu = dev.type == "cuda"
     if args.preset or not gpu:
         cfg = get_preset(args.preset or "tiny")
