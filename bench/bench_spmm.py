@@ -5,9 +5,10 @@ down: K=4d, N=d) at 65,536 tokens and densities 1 .. 1/1024, providers in one ru
   dense        torch matmul on a dense random weight (cuBLAS on a GPU, the CPU BLAS on a CPU)
   masked       the same on the top-k masked weight (what paper-style training runs)
   bsr          torch's BSR (W.to_sparse_bsr(32), F.linear), where it applies (fwd/dX, density <= 1/16)
-  ours:<m>     each of our methods (sparseformer.kernels.spmm: gather, gather_t, tiles on a GPU; csr, coo
-               on a CPU); ours:auto is what the dispatcher picks for that weight; ours:support is the
-               support-only dW (SDDMM); ours:compact is the format rebuild after a projection step
+  ours:<m>     each of our methods (sparseformer.kernels.spmm: gather, gather_t, ell, tiles on a GPU; csr,
+               coo on a CPU); ours:auto is what the dispatcher picks for that weight; ours:support is the
+               support-only dW (SDDMM); ours:compact is the format rebuild after a projection step, and
+               ours:compact+ell the same plus the padded rows (ELL) of W and W^T that "ell" reads
   ideal        the roofline t_ideal of KERNELS.md §4, from ceilings measured in this run:
                t_ideal = max(2 T K N d / P, (b T K + b T N + (b + 4) d K N) / BW), b = activation bytes.
                A dense dW has no sparsity to exploit: its ideal is the dense one (2 T K N / P).
@@ -16,6 +17,7 @@ an error row and the run goes on. Writes OUT/<name>.json and OUT/<name>.md.
 
   python bench/bench_spmm.py --out bench/results            # GPU if present, else CPU sizes
   python bench/bench_spmm.py --device cpu --quick --out bench/results
+  python bench/bench_spmm.py --d-models 2048 --densities 0.0009765625 0.00390625 --out DIR   # ~1 min, H100
 bench/common.py (shared helpers) did not exist when this was written: the helpers below are local.
 """
 
@@ -47,12 +49,12 @@ log = logging.getLogger("bench_spmm")
 
 # run order = priority (a capped run keeps what finished): the sparsest first, the widest model first
 DENSITIES = (1 / 1024, 1 / 256, 1 / 64, 1 / 16, 1 / 4, 1.0)
-GPU_METHODS = ("gather", "gather_t", "tiles")
+GPU_METHODS = ("gather", "gather_t", "ell", "tiles")
 CPU_METHODS = ("csr", "coo")
 # the densest weight each sparse provider is run at (random top-k masks leave no empty 32x32 tile above
 # ~1/256, so "tiles" only pays below; row-major gathers are the slow layout)
-APPLIES = {"gather": 1 / 256, "gather_t": 1 / 64, "tiles": 1 / 256, "csr": 1 / 16, "coo": 1 / 16,
-           "support": 1 / 16}
+APPLIES = {"gather": 1 / 256, "gather_t": 1 / 64, "ell": 1 / 64, "tiles": 1 / 256, "csr": 1 / 16,
+           "coo": 1 / 16, "support": 1 / 16}
 
 
 # ---------------------------------------------------------------- helpers (local: no bench/common.py yet)
@@ -77,11 +79,12 @@ def env_header(device: torch.device) -> dict:
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
-def time_ms(fn, device: torch.device, reps: int = 10) -> tuple[float, float, float]:
-    """(median, p20, p80) milliseconds of fn(); fn has been called once before (compile, autotune)."""
+def time_ms(fn, device: torch.device, reps: int = 10, rep_ms: float = 60) -> tuple[float, float, float]:
+    """(median, p20, p80) milliseconds of fn(); fn has been called once before (compile, autotune). GPU:
+    triton's do_bench, timing for about `rep_ms` ms; CPU: `reps` calls."""
     if device.type == "cuda":
         from triton.testing import do_bench
-        med, p20, p80 = do_bench(fn, warmup=10, rep=60, quantiles=[0.5, 0.2, 0.8])
+        med, p20, p80 = do_bench(fn, warmup=10, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
         return float(med), float(p20), float(p80)
     times = []
     for _ in range(reps):
@@ -220,7 +223,7 @@ def _check(fn, ref, scale, tol, name, device):
     return err
 
 
-def _time_all(fns: dict, device, slow_factor: float, reps: int) -> dict:
+def _time_all(fns: dict, device, slow_factor: float, reps: int, rep_ms: float) -> dict:
     """name -> (median, p20, p80, min) ms. GPU: do_bench per provider. CPU: interleaved rounds, so that load
     from other processes hits every provider alike; the minimum is the least disturbed number."""
     out = {}
@@ -238,7 +241,7 @@ def _time_all(fns: dict, device, slow_factor: float, reps: int) -> dict:
     live = {n: f for n, f in fns.items() if n not in slow}
     if device.type == "cuda":
         for n, f in live.items():
-            med, p20, p80 = time_ms(f, device)
+            med, p20, p80 = time_ms(f, device, rep_ms=rep_ms)
             out[n] = (med, p20, p80, p20)
         return out
     times = {n: [] for n in live}
@@ -253,12 +256,17 @@ def _time_all(fns: dict, device, slow_factor: float, reps: int) -> dict:
     return out
 
 
-def run_case(T, K, N, density, dtype, device, methods, ceil, rows, slow_factor, reps):
+def _compact_ell(w):
+    sw = compact(w)
+    return sw.ell(False), sw.ell(True)
+
+
+def run_case(T, K, N, density, dtype, device, methods, ceil, rows, slow_factor, reps, rep_ms):
     w_dense, w = topk_weight(N, K, density, device, dtype)
     sw = compact(w)
-    g = torch.Generator(device="cpu").manual_seed(1)
-    x = torch.randn(T, K, generator=g).to(device, dtype)
-    dy = torch.randn(T, N, generator=g).to(device, dtype)
+    g = torch.Generator(device=device).manual_seed(1)      # on the device: CPU randn of 0.7 G values is slow
+    x = torch.randn(T, K, generator=g, device=device, dtype=dtype)
+    dy = torch.randn(T, N, generator=g, device=device, dtype=dtype)
     act_bytes = torch.finfo(dtype).bits // 8
     base = dict(T=T, K=K, N=N, density=density, dtype=str(dtype).replace("torch.", ""))
     ops = ("fwd", "dX", "dW(dense)") + (("dW(support)",) if density <= APPLIES["support"] else ())
@@ -271,11 +279,14 @@ def run_case(T, K, N, density, dtype, device, methods, ceil, rows, slow_factor, 
         fns = providers(op, w_dense, w, sw, x, dy, device, density, methods)
         if op == "fwd":
             fns["ours:compact"] = lambda: compact(w)     # the per-step format rebuild, timed beside fwd
+            if "ell" in methods and density <= APPLIES["ell"]:
+                fns["ours:compact+ell"] = lambda: _compact_ell(w)
         good, new_rows = {}, {}
         for name, fn in fns.items():
-            row = new_rows[name] = dict(base, op="compact" if name == "ours:compact" else op, provider=name)
+            rebuild = name.startswith("ours:compact")
+            row = new_rows[name] = dict(base, op="compact" if rebuild else op, provider=name)
             try:
-                if name != "ours:compact":
+                if not rebuild:
                     row["rel_err"] = _check(fn, ref, scale, tol, name, device)
                 good[name] = fn
             except Exception as e:   # record and go on: one failing provider must not stop the run
@@ -283,7 +294,7 @@ def run_case(T, K, N, density, dtype, device, methods, ceil, rows, slow_factor, 
                 log.warning("%s %s d=%g %s: %s", op, (T, K, N), density, name, row["error"])
         del ref
         try:
-            timed = _time_all(good, device, slow_factor, reps)
+            timed = _time_all(good, device, slow_factor, reps, rep_ms)
         except Exception as e:
             timed = {}
             for row in new_rows.values():
@@ -360,9 +371,11 @@ def main(argv=None) -> int:
     ap.add_argument("--d-models", type=int, nargs="+", default=None)
     ap.add_argument("--densities", type=float, nargs="+", default=None)
     ap.add_argument("--methods", nargs="+", default=None,
-                    help="our methods to run (default: gather gather_t tiles on a GPU, csr coo on a CPU)")
+                    help="our methods to run (default: gather gather_t ell tiles on a GPU, csr coo on a CPU)")
     ap.add_argument("--dtype", default=None, help="bfloat16 | float16 | float32 (default: bf16 GPU, fp32 CPU)")
     ap.add_argument("--reps", type=int, default=15, help="CPU: interleaved timing rounds")
+    ap.add_argument("--rep-ms", type=float, default=60.0,
+                    help="GPU: do_bench timing budget per provider and product, ms (lower for a faster run)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads (1 gives stable numbers on a shared machine)")
     ap.add_argument("--slow-factor", type=float, default=30.0, help="skip providers this much slower than dense")
@@ -402,7 +415,8 @@ def main(argv=None) -> int:
         for K, N in ((d_model, 4 * d_model), (4 * d_model, d_model)):
             for dens in densities:
                 log.info("T=%d K=%d N=%d density %s", tokens, K, N, _frac(dens))
-                run_case(tokens, K, N, dens, dtype, dev, methods, ceil, rows, args.slow_factor, args.reps)
+                run_case(tokens, K, N, dens, dtype, dev, methods, ceil, rows, args.slow_factor, args.reps,
+                         args.rep_ms)
                 save(False)
     print(save(True))
     return 0

@@ -8,7 +8,13 @@ work on the non-zeros only (nnz-sized sorts and counts):
 - the transposed index (CSR of W^T = CSC of W) for dX = dY W: `t_ptr` [K+1], `t_row` (the n of each entry,
   in column-major order) and `t_perm` (entry positions in CSR order, so values_t = values[t_perm]);
 - on demand, per tile size t, a tile map for the block-sparse tensor-core path: which t x t tiles of W hold
-  a non-zero, as block rows (`ptr`/`idx`, for Y = X W^T) and block columns (`t_ptr`/`t_idx`, for dX).
+  a non-zero, as block rows (`ptr`/`idx`, for Y = X W^T) and block columns (`t_ptr`/`t_idx`, for dX);
+- on demand, padded rows (ELL) of W (forward) or of W^T (dX) for the "ell" kernel: slot-major [L, P]
+  column indices and source positions, L = the longest row (`ell(transposed)`, built from the CSR with a
+  few nnz-sized torch ops). Padding costs L*P slots; `ell_fits` says whether that stays within
+  ELL_MAX_PAD * (nnz + P), and the planner uses another method when it does not (very skewed rows: one
+  full row of W 2048 x 8192 would need 16.7 M slots for 16 K non-zeros at 1/1024). The "+ P" keeps very
+  sparse weights (well under one entry per row, where a row with 3 entries sets L = 3) in the format.
 
 The format holds indices only. Values are read from the weight at call time (`values(w)`, an nnz-sized
 gather), so a format stays correct while the support is unchanged, whatever happens to the values. The
@@ -23,7 +29,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["SparseWeight", "TileMap", "compact", "validate"]
+__all__ = ["Ell", "SparseWeight", "TileMap", "compact", "validate"]
+
+ELL_MAX_PAD = 4     # ELL slots allowed per (non-zero + row) before the padded format is refused
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,22 @@ class TileMap:
         return self.n_tiles / total if total else 1.0
 
 
+@dataclass(frozen=True)
+class Ell:
+    """Padded rows of S [P, Q] (S = W, or W^T for dX), slot-major: slot j of rows p..p+b is one contiguous run.
+
+    Row p holds its entries in slots 0..row_len[p]-1 (columns ascending); padded slots have col 0 and src nnz,
+    so `values` gives them 0."""
+    col: Tensor           # int32 [L, P] column (q) of each slot
+    src: Tensor           # int64 [L, P] CSR position of each slot's entry in SparseWeight order (nnz = padding)
+    row_len: Tensor       # int32 [P] entries per row
+    slots: int            # L = max(row_len)
+
+    def values(self, vals: Tensor) -> Tensor:
+        """[L, P] values of the slots from the CSR-order values `vals` [nnz] (0 in padded slots)."""
+        return torch.cat([vals, vals.new_zeros(1)])[self.src]
+
+
 @dataclass
 class SparseWeight:
     """Indices of the non-zeros of a weight W [N, K] (see the module docstring)."""
@@ -61,6 +85,7 @@ class SparseWeight:
     max_row_nnz: int
     max_col_nnz: int
     _tiles: dict = field(default_factory=dict, repr=False)
+    _ell: dict = field(default_factory=dict, repr=False)
 
     @property
     def density(self) -> float:
@@ -81,6 +106,23 @@ class SparseWeight:
         if tile not in self._tiles:
             self._tiles[tile] = _build_tiles(self, tile)
         return self._tiles[tile]
+
+    def ell_fits(self, transposed: bool = False) -> bool:
+        """Whether the padded rows of W (or of W^T) take at most ELL_MAX_PAD * (nnz + P) slots (no build needed)."""
+        n, k = self.shape
+        rows, longest = (k, self.max_col_nnz) if transposed else (n, self.max_row_nnz)
+        return longest * rows <= ELL_MAX_PAD * (self.nnz + rows)
+
+    def ell(self, transposed: bool = False) -> Ell:
+        """Padded rows of W (forward: S = W) or of W^T (dX: S = W^T), built once from the CSR / CSC indices."""
+        if transposed not in self._ell:
+            if transposed:
+                self._ell[True] = _build_ell(self.t_ptr, self.t_col32.long(), self.t_row32, self.t_perm,
+                                             self.max_col_nnz)
+            else:
+                pos = torch.arange(self.nnz, device=self.device)
+                self._ell[False] = _build_ell(self.row_ptr, self.row, self.col32, pos, self.max_row_nnz)
+        return self._ell[transposed]
 
     def flat_index(self) -> Tensor:
         """Row-major flat index (n*K + c) of each entry, CSR order, int64."""
@@ -121,6 +163,19 @@ def _ptr(keys: Tensor, size: int) -> Tensor:
 
 def _max_count(ptr: Tensor) -> int:
     return int((ptr[1:] - ptr[:-1]).max()) if ptr.numel() > 1 else 0
+
+
+def _build_ell(ptr: Tensor, seg: Tensor, cols: Tensor, src: Tensor, slots: int) -> Ell:
+    """ELL of a CSR (ptr [P+1]; per entry in CSR order its row `seg`, column `cols`, source position `src`)."""
+    rows = ptr.numel() - 1
+    nnz = cols.numel()
+    col = torch.zeros((slots, rows), dtype=torch.int32, device=ptr.device)
+    pos = torch.full((slots, rows), nnz, dtype=torch.int64, device=ptr.device)
+    if nnz:
+        slot = torch.arange(nnz, device=ptr.device) - ptr.long()[seg]      # rank of each entry in its row
+        col[slot, seg] = cols.to(torch.int32)
+        pos[slot, seg] = src
+    return Ell(col=col, src=pos, row_len=(ptr[1:] - ptr[:-1]).to(torch.int32), slots=slots)
 
 
 def _build_tiles(sw: SparseWeight, tile: int) -> TileMap:

@@ -15,9 +15,11 @@ rounding (fp32 accumulation everywhere); "dense" matches it bit for bit.
 
 `sparse_linear(x, w, b, ...)` is the autograd functional; `plan_linear` picks the methods for a weight from
 its measured density and tile occupancy (spmm_rules.py) and builds the SparseWeight they need
-(sparse_format.py); a caller may reuse a plan while the weight's support is unchanged. dtypes: float32, float16,
-bfloat16 (float64 on the torch backend). Under autocast the product runs in the autocast dtype and reads the
-fp32 weight directly; dW and db come back in the parameters' dtypes.
+(sparse_format.py; for "ell" also its padded rows, or "gather_t" for a product whose rows are too skewed
+to pad: sparse_format.ell_fits; a forced "ell" is kept); a caller may reuse a plan while the weight's
+support is unchanged. dtypes: float32, float16, bfloat16 (float64 on the torch backend). Under autocast
+the product runs in the autocast dtype and reads the fp32 weight directly; dW and db come back in the
+parameters' dtypes.
 """
 
 from __future__ import annotations
@@ -137,6 +139,12 @@ def plan_linear(w: Tensor, *, dtype: torch.dtype | None = None, backend: str | N
         fwd = dx = spmm_rules.choose(kind, density, dtype, occ)
     if sw is None and spmm_rules.needs_format(fwd):
         sw = compact(w)
+    if forced is None and fwd == "ell":     # padded rows only where they fit (sparse_format.ell_fits)
+        fwd = "ell" if sw.ell_fits(transposed=False) else spmm_rules.ELL_FALLBACK
+        dx = "ell" if sw.ell_fits(transposed=True) else spmm_rules.ELL_FALLBACK
+    for method, transposed in ((fwd, False), (dx, True)):
+        if method == "ell":
+            sw.ell(transposed)              # build now, not inside the first product
     return LinearPlan(backend=kind, fwd=fwd, dx=dx, sw=sw, density=density, forced=forced is not None)
 
 
@@ -160,16 +168,25 @@ def dds(a: Tensor, w: Tensor, sw: SparseWeight | None, op: str, method: str = "d
         return _dds_torch(a, sw, vals, op, method, bias)
     from . import spmm_triton as st
     if method in ("gather", "gather_t"):
-        a_in = a.t().contiguous().t() if method == "gather_t" else a
+        a_in = _tokens_major(a) if method == "gather_t" else a
         if op == "fwd":
             return st.spmm_gather_triton(a_in, sw.row_ptr, sw.row32, sw.col32, vals, n, bias=bias)
         return st.spmm_gather_triton(a_in, sw.t_ptr, sw.t_col32, sw.t_row32, vals[sw.t_perm], k)
+    if method == "ell":
+        e = sw.ell(transposed=op == "dx")
+        return st.spmm_ell_triton(_tokens_major(a), e.col, e.values(vals), e.row_len, bias=bias)
     if method == "tiles":
         tm = sw.tile_map(spmm_rules.GPU_RULE.tile)
         if op == "fwd":
             return st.spmm_tiles_triton(a, w.t(), tm.ptr, tm.idx, tm.tile, bias=bias)
         return st.spmm_tiles_triton(a, w, tm.t_ptr, tm.t_idx, tm.tile)
     raise ValueError(f"dds: unknown method {method!r}")
+
+
+def _tokens_major(a: Tensor) -> Tensor:
+    """`a` [M, Q] with tokens contiguous (stride(0) == 1): the layout in which the gather kernels read each
+    column of A with one coalesced load. One copy unless it is already so (or has one row)."""
+    return a if a.stride(0) == 1 or a.shape[0] <= 1 else a.t().contiguous().t()
 
 
 def _dds_torch(a: Tensor, sw: SparseWeight, vals: Tensor, op: str, method: str, bias: Tensor | None) -> Tensor:
@@ -210,6 +227,9 @@ def _sdd_torch(dy: Tensor, x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
 
 
 _BROKEN: dict[str, str] = {}     # auto-chosen Triton methods that raised here, with the reason
+# methods that read tokens-contiguous activations -> the kernel method run on that copy; the autograd
+# Function makes the copy itself so that dW reuses it
+_ON_TOKENS_MAJOR = {"gather_t": "gather", "ell": "ell"}
 
 
 def _dds_planned(a: Tensor, w: Tensor, plan: LinearPlan, op: str, method: str, bias: Tensor | None = None) -> Tensor:
@@ -234,9 +254,7 @@ def sdd(dy: Tensor, x: Tensor, rows: Tensor, cols: Tensor, backend: str = "torch
     if backend == "torch" or x.dtype == torch.float64:
         return _sdd_torch(dy, x, rows, cols)
     from .spmm_triton import sddmm_triton
-    if dy.shape[0] > 1:     # tokens-contiguous operands make every gathered column one coalesced load
-        dy = dy if dy.stride(0) == 1 else dy.t().contiguous().t()
-        x = x if x.stride(0) == 1 else x.t().contiguous().t()
+    dy, x = _tokens_major(dy), _tokens_major(x)    # every gathered column one coalesced load
     return sddmm_triton(dy, x.to(dy.dtype), rows, cols)
 
 
@@ -246,9 +264,10 @@ class _SparseLinearFn(torch.autograd.Function):
         K = x.shape[-1]
         x2 = x.reshape(-1, K)                                   # flatten once, restore on exit
         with torch.autocast(device_type=x.device.type, enabled=False):
-            if plan.fwd == "gather_t" and x2.shape[0] > 1 and "gather" not in _BROKEN:
-                x2 = x2.t().contiguous().t()                    # tokens-contiguous; reused by dW below
-                y2 = _dds_planned(x2, weight, plan, "fwd", "gather", bias)
+            kernel = _ON_TOKENS_MAJOR.get(plan.fwd)
+            if kernel is not None and x2.shape[0] > 1 and kernel not in _BROKEN:
+                x2 = _tokens_major(x2)                          # reused by dW below
+                y2 = _dds_planned(x2, weight, plan, "fwd", kernel, bias)
             else:
                 y2 = _dds_planned(x2, weight, plan, "fwd", plan.fwd, bias)
         ctx.save_for_backward(x2, weight)
@@ -264,9 +283,10 @@ class _SparseLinearFn(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1]).to(x2.dtype)
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         dx = dw = db = None
-        if plan.dx == "gather_t" and dy2.shape[0] > 1 and "gather" not in _BROKEN:
-            dy2 = dy2.t().contiguous().t()          # tokens-contiguous once, for dX and a support dW
-            dx_method = "gather"
+        kernel = _ON_TOKENS_MAJOR.get(plan.dx)
+        if kernel is not None and dy2.shape[0] > 1 and kernel not in _BROKEN:
+            dy2 = _tokens_major(dy2)                # once, for dX and a support dW
+            dx_method = kernel
         else:
             dx_method = plan.dx
         if need_dx:

@@ -6,12 +6,22 @@ Methods per backend:
   index_add them into the output (nnz x tokens memory).
 - "triton" (CUDA): "dense" = cuBLAS on the masked weight, "gather" = the CSR gather kernel on row-major
   activations, "gather_t" = the same kernel on a tokens-contiguous copy of the activations (one extra
-  copy, coalesced gathers), "tiles" = the tile-skipping tensor-core kernel.
+  copy, coalesced gathers), "ell" = the padded-rows (ELL) FMA kernel on that copy (no tensor cores; the
+  planner uses ELL_FALLBACK for a product whose rows are too skewed to pad, sparse_format.ell_fits),
+  "tiles" = the tile-skipping tensor-core kernel.
 
-The thresholds below come from bench/bench_spmm.py (bench/results/spmm_*.md): the CPU ones were measured
-on the 2-core development machine at the tiny preset's shapes; the GPU ones are the KERNELS.md §2.3/§4
-estimates until a GPU run replaces them. `SPARSEFORMER_SPMM_METHOD` (one method name) forces a method for
-every product, for benchmarks and tests; a forced method the backend lacks raises.
+Where the thresholds come from:
+- CPU: bench/bench_spmm.py on the 2-core development machine at the tiny preset's shapes
+  (bench/results/spmm_cpu.md).
+- GPU: bench/results/gpu/H200_2026-11-26_* (bench_spmm, bf16, T=16384 and 65536, d_model 768 and 2048).
+  There "gather", "gather_t" and "tiles" reached 1-13 % of the roofline ideal and never beat masked dense
+  (cuBLAS on the masked weight): the closest, gather_t at 1/1024 with d_model 2048 in the products with
+  8192 outputs, was 1-8 % slower than masked; it was about 2x slower at d_model 768 and 2-3x at 1/256.
+  So GPU_RULE is masked dense everywhere (GPU_RULE_MEASURED) until a GPU run shows a method that wins.
+  GPU_RULE_ELL is the rule to switch to once bench_spmm's `ours:ell` column beats `masked` (see its
+  comment for what must be measured).
+`SPARSEFORMER_SPMM_METHOD` (one method name) forces a method for every product, for benchmarks and tests;
+a forced method the backend lacks raises.
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-METHODS = {"torch": ("dense", "csr", "coo"), "triton": ("dense", "gather", "gather_t", "tiles")}
+METHODS = {"torch": ("dense", "csr", "coo"), "triton": ("dense", "gather", "gather_t", "ell", "tiles")}
+ELL_FALLBACK = "gather_t"      # the planner's method for a product whose padded rows would not fit
 SPARSE_TORCH_DTYPES = (torch.float32, torch.float64)   # torch.sparse / index_add paths; others run dense
 
 
@@ -40,9 +51,15 @@ class Rule:
 # torch.sparse CSR beats the dense BLAS from about 1/32..1/64 down, the gather + index_add "coo" path from
 # about 1/512 down; at 1/16 and above dense wins or ties.
 CPU_RULE = Rule(tiers=((1 / 40, "csr"), (1 / 512, "coo")))
-# GPU: estimates (KERNELS.md §2.3: unstructured SIMT gathers break even near 1/100..1/300 of the dense FLOPs
-# on H100; tile skipping pays only when tiles are mostly empty). Replace with bench_spmm GPU numbers.
-GPU_RULE = Rule(tiers=((1 / 256, "gather_t"),), tile=32, tiles_max_occupancy=0.3, tiles_max_density=1 / 24)
+# GPU, measured (bench/results/gpu/H200_2026-11-26_*): every sparse kernel lost to masked dense, so dense at
+# every density. (The earlier estimate, gather_t at <= 1/256 and tiles at occupancy <= 0.3, ran 2-8x slower
+# than cuBLAS there.)
+GPU_RULE_MEASURED = Rule(tiers=())
+# GPU, candidate: the ELL kernel at <= 1/256. Switch GPU_RULE to this only after a GPU bench_spmm run shows
+# `ours:ell` faster than `masked` for fwd AND dX at d_model 768 and 2048 (T >= 16384, bf16) at every density
+# in its tiers; move the 1/256 bound to the densest density where it still wins (1/1024 only, if that is all).
+GPU_RULE_ELL = Rule(tiers=((1 / 256, "ell"),))
+GPU_RULE = GPU_RULE_MEASURED
 
 
 def forced_method() -> str | None:
@@ -79,7 +96,8 @@ def choose(backend: str, density: float, dtype: torch.dtype, occupancy=None) -> 
 def sparsest_dense_density(backend: str) -> float:
     """Above this density the rule always picks masked dense (no format needed to decide)."""
     rule = CPU_RULE if backend == "torch" else GPU_RULE
-    return max([d for d, _ in rule.tiers] + [rule.tiles_max_density])
+    tiles = [rule.tiles_max_density] if rule.tiles_max_occupancy > 0 else []
+    return max([d for d, _ in rule.tiers] + tiles, default=-1.0)
 
 
 def needs_format(method: str) -> bool:

@@ -10,6 +10,12 @@ Semantics (each must match the dense reference in spmm.py up to float rounding; 
   the A columns they read, and adds the products into their rows with a one-hot [BLOCK_Z, BLOCK_P] matrix
   on the tensor cores (at 16-bit inputs the weight values are rounded to the input dtype, as autocast
   rounds the dense weight).
+- `spmm_ell_triton(a, col, val, row_len)`: the same product Y[M, P] = A[M, Q] @ S^T with S in padded rows
+  (ELL, slot-major: col/val [L, P], row_len [P]; see sparse_format.Ell). Each program owns BLOCK_P rows x
+  BLOCK_M tokens and walks slots 0..max(row_len of its rows)-1: per slot one contiguous load of the BLOCK_P
+  columns and values, a [BLOCK_P, BLOCK_M] gather of A (each row of it is BLOCK_M contiguous elements when
+  A is tokens-contiguous), and FMAs into an fp32 [BLOCK_P, BLOCK_M] register tile; no tensor cores, no
+  one-hot. 16-bit A: values rounded to A's dtype first (as the gather kernel). A may have any strides.
 - `spmm_tiles_triton(a, b, ptr, idx, tile, P)`: Y[M, P] = A[M, Q] @ B[Q, P] where B is a strided view of
   the dense-with-zeros weight and (ptr, idx) list, per tile of P, the tiles of Q that hold a non-zero;
   empty tiles are skipped, the others run on tensor cores (tl.dot). fp32 inputs use IEEE fp32 dots.
@@ -92,6 +98,57 @@ def _spmm_gather_kernel(
         acc += tl.load(bias_ptr + offs_p, mask=offs_p < P, other=0.0).to(tl.float32)[None, :]
     y = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_p.to(tl.int64)[None, :] * stride_yp
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_p < P)[None, :])
+
+
+def _ell_configs() -> list:
+    out = [triton.Config({"BLOCK_M": bm, "BLOCK_P": bp}, num_warps=w, num_stages=1)
+           for bm, bp, w in ((128, 32, 4), (64, 16, 4), (64, 32, 4), (128, 16, 4), (128, 32, 8), (128, 64, 8),
+                             (256, 16, 8), (256, 32, 8), (256, 64, 8))]
+    if INTERPRET:
+        out = [triton.Config({"BLOCK_M": 16, "BLOCK_P": 16}, num_warps=4, num_stages=1)]
+    return _keep(out)
+
+
+@triton.autotune(configs=_ell_configs(), key=["P", "Q", "A_T"])
+@triton.jit
+def _spmm_ell_kernel(
+    a_ptr, col_ptr, val_ptr, len_ptr, bias_ptr, y_ptr,   # A [M, Q]; S [P, Q] as ELL: col/val [L, P],
+    M, P, Q,                                            # len [P]; bias [P]; Y [M, P]
+    stride_am, stride_aq, stride_ym, stride_yp,
+    A_T: tl.constexpr,                                  # A is tokens-contiguous (an autotune key only)
+    ROUND: tl.constexpr,                                # 16-bit A: round the values to A's dtype
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_pb = tl.cdiv(P, BLOCK_P)
+    pid_p = pid % n_pb                              # P-blocks vary fastest: programs sharing A tokens run together
+    pid_m = pid // n_pb
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_p = offs_p < P
+    mask_m = offs_m < M
+    row_len = tl.load(len_ptr + offs_p, mask=mask_p, other=0)              # [BLOCK_P]
+    jmax = tl.max(row_len, axis=0)
+    a_cols = a_ptr + offs_m.to(tl.int64)[None, :] * stride_am                # [1, BLOCK_M]
+    col_p = col_ptr + offs_p                        # slot 0 of the block's rows; advanced by P per slot
+    val_p = val_ptr + offs_p
+    acc = tl.zeros((BLOCK_P, BLOCK_M), dtype=tl.float32)
+    for j in range(0, jmax):
+        live = j < row_len                                                  # [BLOCK_P]
+        q = tl.load(col_p, mask=live, other=0)                              # [BLOCK_P] column of slot j
+        v = tl.load(val_p, mask=live, other=0.0)                            # [BLOCK_P] fp32
+        if ROUND:
+            v = v.to(a_ptr.dtype.element_ty).to(tl.float32)
+        g = tl.load(a_cols + q.to(tl.int64)[:, None] * stride_aq,
+                    mask=live[:, None] & mask_m[None, :], other=0.0)        # [BLOCK_P, BLOCK_M] gathered A
+        acc += v[:, None] * g.to(tl.float32)
+        col_p += P
+        val_p += P
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_p, mask=mask_p, other=0.0).to(tl.float32)[:, None]
+    y = y_ptr + offs_m.to(tl.int64)[None, :] * stride_ym + offs_p.to(tl.int64)[:, None] * stride_yp
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_m[None, :])
 
 
 def _tiles_configs() -> list:
@@ -233,6 +290,33 @@ def spmm_gather_triton(a: Tensor, ptr: Tensor, rows: Tensor, idx: Tensor, vals: 
                               bias if bias is not None else vals, y, M, P, Q,
                               a.stride(0), a.stride(1), y.stride(0), y.stride(1), A_T=a_t,
                               IEEE=a.dtype == torch.float32, HAS_BIAS=bias is not None)
+    return y
+
+
+def spmm_ell_triton(a: Tensor, col: Tensor, val: Tensor, row_len: Tensor, out_dtype: torch.dtype | None = None,
+                    bias: Tensor | None = None) -> Tensor:
+    """Y[M, P] = A[M, Q] @ S^T (+ bias [P]) with S [P, Q] in slot-major ELL: col int32 [L, P], val [L, P]
+    (padded slots: any col in range, val 0), row_len int32 [P]."""
+    _check_a("spmm_ell", a)
+    M, Q = a.shape
+    P = row_len.numel()
+    if row_len.shape != (P,) or col.ndim != 2 or col.shape[1] != P or val.shape != col.shape:
+        raise ValueError(f"spmm_ell: col {tuple(col.shape)} / val {tuple(val.shape)} / row_len "
+                         f"{tuple(row_len.shape)} do not describe an ELL [L, {P}]")
+    y = torch.empty((M, P), dtype=out_dtype or a.dtype, device=a.device)
+    if M == 0 or P == 0:
+        return y
+    if col.shape[0] == 0 or Q == 0:
+        return _empty_product(y, bias)
+    bias = _check_bias("spmm_ell", bias, P)
+    val = val.to(torch.float32).contiguous()
+
+    def grid(meta):
+        return (triton.cdiv(P, meta["BLOCK_P"]) * triton.cdiv(M, meta["BLOCK_M"]),)
+
+    _launch(_spmm_ell_kernel, grid, a, col.to(torch.int32).contiguous(), val, row_len.to(torch.int32).contiguous(),
+            bias if bias is not None else val, y, M, P, Q, a.stride(0), a.stride(1), y.stride(0), y.stride(1),
+            A_T=a.stride(0) == 1 and M > 1, ROUND=a.dtype != torch.float32, HAS_BIAS=bias is not None)
     return y
 
 

@@ -1,7 +1,8 @@
 """Sparse matmuls: every backend/method against the masked dense reference (values and all three gradients).
 
 Triton methods run through the interpreter on CPU (fp32/fp16, small shapes) and natively on a GPU; bf16
-only on a GPU (bf16 dots are wrong under the interpreter, STYLE §2.2).
+only on a GPU (bf16 dots are wrong under the interpreter, STYLE §2.2). The "ell" method also gets its own
+tests at the end: skewed / empty rows and any input layout, the ELL builder, the planner's fit guard.
 """
 
 import pytest
@@ -12,13 +13,13 @@ from hypothesis import strategies as st
 
 from sparseformer.kernels import available
 from sparseformer.kernels.sparse_format import compact
-from sparseformer.kernels import spmm, spmm_triton
+from sparseformer.kernels import spmm, spmm_rules, spmm_triton
 from sparseformer.kernels.spmm import (DwPolicy, LinearPlan, dds, dds_ref, plan_linear, sdd, sdd_ref,
                                        sparse_linear)
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TORCH_METHODS = [("torch", "dense"), ("torch", "csr"), ("torch", "coo")]
-TRITON_METHODS = [("triton", "gather"), ("triton", "gather_t"), ("triton", "tiles")]
+TRITON_METHODS = [("triton", "gather"), ("triton", "gather_t"), ("triton", "ell"), ("triton", "tiles")]
 ALL_METHODS = TORCH_METHODS + TRITON_METHODS
 TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 2e-5), torch.float16: (1e-2, 1e-2),
        torch.bfloat16: (4e-2, 4e-2)}
@@ -107,12 +108,13 @@ def test_sdd_matches_dense_dw_on_the_support(backend, m, n, k, density, seed):
     assert_close(sdd_ref(dy, x, sw.row, sw.col), want, torch.float32, "sdd_ref")
 
 
-def _linear_case(backend, method, shape, n, density, seed, dtype, transpose_x=False, bias=True):
-    """y, dx, dW, db of sparse_linear against F.linear in float64 on the same masked weight."""
+def _linear_case(backend, method, shape, n, density, seed, dtype, transpose_x=False, bias=True, weight=None):
+    """y, dx, dW, db of sparse_linear against F.linear in float64 on the same masked weight (`weight`, or a
+    random one of this density)."""
     skip_unless_available(backend)
     k = shape[-1]
     g = torch.Generator().manual_seed(seed)
-    w0 = sparse_weight(n, k, density, seed, dtype)
+    w0 = sparse_weight(n, k, density, seed, dtype) if weight is None else weight.to(DEV, dtype)
     b0 = torch.randn(n, generator=g).to(DEV, dtype) if bias else None
     if transpose_x:                                         # a non-contiguous input view
         x0 = torch.randn(*shape[:-2], shape[-1], shape[-2], generator=g).to(DEV, dtype).transpose(-1, -2)
@@ -294,3 +296,156 @@ def test_a_forced_cuda_backend_means_triton_for_spmm(monkeypatch):
             plan_linear(torch.randn(4, 4, device=DEV))
     else:
         assert plan_linear(torch.randn(4, 4, device=DEV)).backend == "triton"
+
+
+# ---------------------------------------------------------------- the ELL ("ell") method
+
+def _uneven_weight(n, k, density, heavy, seed, dtype=torch.float32):
+    """A sparse weight with empty rows, and optionally one full row ("row") or one full column ("col")."""
+    w = sparse_weight(n, k, density, seed).cpu()
+    w[n // 2] = 0.0                                   # at least one empty row (and W^T: fewer entries)
+    g = torch.Generator().manual_seed(seed + 2)
+    if heavy == "row":
+        w[0] = torch.randn(k, generator=g)            # fwd: one row with all Q entries
+    elif heavy == "col":
+        w[:, -1] = torch.randn(n, generator=g)        # dx: one row of W^T with all Q entries
+    return w.to(DEV, dtype)
+
+
+def _a_layout(a, layout):
+    """The same values as `a` [M, Q] in another memory layout."""
+    if layout == "tokens":
+        return a.t().contiguous().t()
+    if layout == "strided":                           # neither stride is 1
+        big = torch.zeros(a.shape[0], 2 * a.shape[1] + 1, dtype=a.dtype, device=a.device)
+        big[:, 1::2] = a
+        return big[:, 1::2]
+    return a
+
+
+@FEW
+@given(m=st.integers(1, 24), n=st.integers(1, 48), k=st.integers(1, 48),
+       density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), heavy=st.sampled_from([None, "row", "col"]),
+       layout=st.sampled_from(["rows", "tokens", "strided"]), bias=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float16]), seed=st.integers(0, 2**16))
+@example(m=3, n=40, k=33, density=0.05, heavy="row", layout="tokens", bias=True, dtype=torch.float32, seed=1)
+@example(m=17, n=1, k=48, density=0.0, heavy=None, layout="strided", bias=True, dtype=torch.float16, seed=2)
+def test_ell_kernel_matches_reference_on_uneven_rows(m, n, k, density, heavy, layout, bias, dtype, seed):
+    """spmm_ell_triton (through dds) on skewed rows, empty rows and any A layout, with and without bias."""
+    skip_unless_available("triton")
+    w = _uneven_weight(n, k, density, heavy, seed)
+    sw = compact(w)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = _a_layout(torch.randn(m, k, generator=g).to(DEV, dtype), layout)
+    dy = _a_layout(torch.randn(m, n, generator=g).to(DEV, dtype), layout)
+    b = torch.randn(n, generator=g).to(DEV, dtype) if bias else None
+    wd = w.double()
+    want = x.double() @ wd.t() + (b.double() if bias else 0.0)
+    assert_close(dds(x, w, sw, "fwd", "ell", bias=b), want, dtype, f"ell fwd {layout}")
+    assert_close(dds(dy, w, sw, "dx", "ell"), dy.double() @ wd, dtype, f"ell dx {layout}")
+    # the kernel itself on the caller's strides (dds hands it a tokens-contiguous copy)
+    e = sw.ell()
+    got = spmm_triton.spmm_ell_triton(x, e.col, e.values(sw.values(w)), e.row_len, bias=b)
+    assert_close(got, want, dtype, f"spmm_ell_triton {layout}")
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("n,k,density,heavy", [(7, 5, 0.4, None), (9, 11, 0.2, "row"), (6, 8, 0.3, "col"),
+                                               (4, 3, 0.0, None), (5, 6, 1.0, None), (0, 3, 0.5, None)])
+def test_ell_builder_reconstructs_the_weight(transposed, n, k, density, heavy):
+    w = _uneven_weight(n, k, density, heavy, 3).cpu() if n else torch.zeros(0, k)
+    sw = compact(w)
+    assert sw._ell == {}                                     # lazy: compact builds no ELL
+    e = sw.ell(transposed)
+    assert sw.ell(transposed) is e                           # built once
+    s = w.t() if transposed else w                           # S [P, Q]
+    P, Q = s.shape
+    counts = (s != 0).sum(1)
+    assert e.slots == (int(counts.max()) if P else 0)
+    assert e.col.shape == e.src.shape == (e.slots, P) and e.col.dtype == torch.int32
+    assert torch.equal(e.row_len, counts.to(torch.int32))
+    vals = e.values(sw.values(w))
+    live = torch.arange(e.slots)[:, None] < e.row_len[None, :]
+    assert bool((e.col[~live] == 0).all()) and bool((e.src[~live] == sw.nnz).all())
+    assert bool((vals[~live] == 0).all())
+    rebuilt = torch.zeros(P, Q)
+    p_idx = torch.arange(P).expand(e.slots, P)
+    rebuilt[p_idx[live], e.col[live].long()] = vals[live]
+    assert torch.equal(rebuilt, s)
+    for j in range(e.slots):                                 # columns ascend inside each row
+        nxt = live[j + 1:j + 2] if j + 1 < e.slots else None
+        if nxt is not None:
+            assert bool((e.col[j + 1][nxt[0]] > e.col[j][nxt[0]]).all())
+
+
+def test_ell_fits_guards_skewed_rows():
+    w = torch.zeros(256, 64)
+    w[0] = 1.0                                               # one full row: L*P = 64*256 > 4 * (64+255 + 256)
+    w[torch.arange(1, 256), torch.arange(1, 256) % 64] = 2.0
+    sw = compact(w)
+    assert not sw.ell_fits(transposed=False)
+    assert sw.ell_fits(transposed=True)                     # columns hold 4..5 entries each
+    assert sw._ell == {}                                     # deciding needs no build
+    w = torch.zeros(3072, 768)                               # far below one entry per row: fits
+    w[torch.arange(0, 3072, 4), torch.arange(0, 3072, 4) % 768] = 1.0
+    w[0, :3] = 1.0
+    assert compact(w).ell_fits(transposed=False)
+
+
+def test_gpu_rule_is_masked_dense_until_measured(monkeypatch):
+    monkeypatch.delenv("SPARSEFORMER_SPMM_METHOD", raising=False)
+    for d in (1 / 4096, 1 / 1024, 1 / 256, 1 / 16, 1.0):
+        assert spmm_rules.choose("triton", d, torch.bfloat16, occupancy=lambda t: 0.0) == "dense"
+    monkeypatch.setattr(spmm_rules, "GPU_RULE", spmm_rules.GPU_RULE_ELL)
+    assert spmm_rules.choose("triton", 1 / 1024, torch.bfloat16) == "ell"
+    assert spmm_rules.choose("triton", 1 / 16, torch.bfloat16) == "dense"
+    assert "ell" in spmm_rules.METHODS["triton"]
+
+
+def test_plan_uses_ell_where_rows_fit_and_falls_back_elsewhere(monkeypatch):
+    skip_unless_available("triton")
+    monkeypatch.delenv("SPARSEFORMER_SPMM_METHOD", raising=False)
+    monkeypatch.delenv("SPARSEFORMER_BACKEND", raising=False)
+    w = sparse_weight(512, 128, 1 / 1024, 0)
+    assert plan_linear(w, backend="triton").fwd == "dense"  # the measured rule
+    monkeypatch.setattr(spmm_rules, "GPU_RULE", spmm_rules.GPU_RULE_ELL)
+    p = plan_linear(w, backend="triton")
+    assert (p.fwd, p.dx) == ("ell", "ell") and set(p.sw._ell) == {False, True}   # built by the planner
+    skewed = w.clone()
+    skewed[0] = 1.0                                          # one full row: W's padded rows would not fit
+    p = plan_linear(skewed, backend="triton")
+    assert (p.fwd, p.dx) == (spmm_rules.ELL_FALLBACK, "ell") and set(p.sw._ell) == {True}
+    p = plan_linear(skewed, backend="triton", method="ell")  # forced: kept
+    assert (p.fwd, p.dx, p.forced) == ("ell", "ell", True)
+
+
+@pytest.mark.parametrize("heavy", [None, "row", "col"])
+def test_ell_linear_forced_by_env_values_and_grads(monkeypatch, heavy):
+    """All three gradients through the autograd path with SPARSEFORMER_SPMM_METHOD=ell (batched, bias,
+    a non-contiguous input), incl. a full row or column."""
+    skip_unless_available("triton")
+    monkeypatch.setenv("SPARSEFORMER_SPMM_METHOD", "ell")
+    assert plan_linear(sparse_weight(6, 5, 0.5, 0), backend="triton").fwd == "ell"
+    real = spmm_triton.spmm_ell_triton
+    calls = []
+    monkeypatch.setattr(spmm_triton, "spmm_ell_triton",
+                        lambda *a, **kw: calls.append(a[0].stride()) or real(*a, **kw))
+    w0 = _uneven_weight(20, 12, 0.2, heavy, 5)
+    _linear_case("triton", None, (2, 3, 12), 20, 0.2, 5, torch.float32, transpose_x=True, bias=True,
+                 weight=w0)
+    assert len(calls) == 2 and all(s[0] == 1 for s in calls)   # fwd and dX, on tokens-contiguous activations
+
+
+def test_a_failing_auto_chosen_ell_kernel_falls_back_to_masked_dense(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated ell failure")
+    monkeypatch.setattr(spmm_triton, "spmm_ell_triton", broken)
+    monkeypatch.setattr(spmm, "_BROKEN", {})
+    w = sparse_weight(6, 5, 0.5, 0).cpu().requires_grad_()
+    x = torch.randn(3, 5, requires_grad=True)
+    plan = LinearPlan(backend="triton", fwd="ell", dx="ell", sw=compact(w), density=0.5)
+    y = sparse_linear(x, w, plan=plan)
+    assert torch.allclose(y, F.linear(x, w), atol=1e-6)
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.ones(3, 6) @ w, atol=1e-6)
+    assert "ell" in spmm._BROKEN and "simulated ell failure" in caplog.text
