@@ -8,6 +8,8 @@ Engines (the GPT of sparseformer.model at a fixed weight density, protection off
                 same algorithm as paper)
   ours-support  the same with dW "support" (opt-in, changes the algorithm: dW on the support plus
                 candidates, dense every --dense-every backward passes)
+  ours@M        "ours" with every sparse layer forced to matmul method M (e.g. ours@ell, ours@dense), to
+                measure a kernel the dispatcher does not pick yet; ours-support@M likewise
 The sparse tensors and their k come from sparseformer.sparsity.params, as in training. Steps of the
 engines are interleaved (step i of each, then step i+1), so machine load hits all alike. Reported:
 tokens/s from the median step time (and from the fastest step), speedup over paper, and the loss after
@@ -108,10 +110,11 @@ def markov_batches(vocab, batch, seq, steps, seed=0):
 def build(cfg, density, engine, init_model, device, args):
     """(model, optimizer) of one engine: a copy of `init_model` (already projected, on `device`)."""
     model = copy.deepcopy(init_model).train()
-    if engine.startswith("ours"):
+    kind, _, method = engine.partition("@")
+    if kind.startswith("ours"):
         sparsify(model, density, include=WEIGHT_LINEARS, project=False,
-                 dw_mode="support" if engine == "ours-support" else "dense",
-                 dense_every=args.dense_every, candidates=args.candidates)
+                 dw_mode="support" if kind == "ours-support" else "dense",
+                 dense_every=args.dense_every, candidates=args.candidates, method=method or None)
     groups = _groups(model, cfg)
     tc = cfg.train
     if engine == "paper":
