@@ -82,10 +82,13 @@ if [ "$HAS_GPU" = "1" ]; then
   # 3. benchmarks first (the numbers), then tests, then the other benches
   step bench_topk "$(cap "${CAP_bench_topk:-150}" 200)" $PY bench/bench_topk.py --out "$WORK" --name bench_topk
   # the kernel tests run whole on the GPU (larger shapes); the nvcc test is moot after build_ext
-  step tests_kernels "$(cap "${CAP_tests_kernels:-100}" 150)" env HYPOTHESIS_PROFILE=gpu $PY -m pytest -q \
+  # SPARSEFORMER_AUTOTUNE=0: one config per kernel (hypothesis draws many shapes; tuning each took >100 s)
+  step tests_kernels "$(cap "${CAP_tests_kernels:-100}" 150)" env HYPOTHESIS_PROFILE=gpu SPARSEFORMER_AUTOTUNE=0 \
+    $PY -m pytest -q \
     -p no:cacheprovider tests/kernels/test_topk.py tests/kernels/test_adamw.py tests/test_optimizer.py \
     tests/kernels/test_spmm.py -m "not slow" -k "not nvcc"
-  step tests_gpu "$(cap "${CAP_tests_gpu:-60}" 130)" env HYPOTHESIS_PROFILE=gpu $PY -m pytest -q -p no:cacheprovider \
+  step tests_gpu "$(cap "${CAP_tests_gpu:-60}" 130)" env HYPOTHESIS_PROFILE=gpu SPARSEFORMER_AUTOTUNE=0 \
+    $PY -m pytest -q -p no:cacheprovider \
     -m gpu tests --ignore=tests/kernels/test_topk.py --ignore=tests/kernels/test_adamw.py \
     --ignore=tests/test_optimizer.py --ignore=tests/kernels/test_spmm.py
   for b in $BENCHES; do

@@ -111,7 +111,7 @@ class LinearPlan:
     fwd: str
     dx: str
     sw: SparseWeight | None
-    density: float
+    density: float | None         # None: not measured (the backend's rule is dense at every density)
     forced: bool = False          # methods named by the caller: never replaced by the fallback
 
 
@@ -128,6 +128,9 @@ def plan_linear(w: Tensor, *, dtype: torch.dtype | None = None, backend: str | N
     forced = method or spmm_rules.forced_method()
     if sw is None and (forced not in (None, "dense") or dw_mode == "support"):
         sw = compact(w)
+    if forced is None and sw is None and spmm_rules.sparsest_dense_density(kind) < 0:
+        # the backend's rule is dense at every density: measuring it would cost a host sync per product
+        return LinearPlan(backend=kind, fwd="dense", dx="dense", sw=None, density=None)
     density = sw.density if sw is not None else _density(w)
     if forced is not None:
         fwd = dx = spmm_rules.check_method(forced, kind)

@@ -208,11 +208,13 @@ def _sddmm_configs() -> list:
     return _keep(out)
 
 
-@triton.autotune(configs=_sddmm_configs(), key=["Z", "M_SPLIT"])
+# Keyed on Z rounded up to a power of two: a support dW with candidates lists a different Z every step,
+# and keying on Z itself re-tuned every step (the first H200 train-step run spent ~5 s per step on it).
+@triton.autotune(configs=_sddmm_configs(), key=["Z_BUCKET", "M_SPLIT"])
 @triton.jit
 def _sddmm_kernel(
     dy_ptr, x_ptr, row_ptr, col_ptr, out_ptr,     # dy [M, N]; x [M, K]; rows/cols [Z]; out [SPLITS, Z] fp32
-    M, Z, M_SPLIT,
+    M, Z, M_SPLIT, Z_BUCKET,
     stride_dym, stride_dyn, stride_xm, stride_xk,
     BLOCK_M: tl.constexpr, BLOCK_Z: tl.constexpr,
 ):
@@ -369,5 +371,5 @@ def sddmm_triton(dy: Tensor, x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         return (triton.cdiv(Z, meta["BLOCK_Z"]), splits)
 
     _launch(_sddmm_kernel, grid, dy, x, rows.to(torch.int32).contiguous(), cols.to(torch.int32).contiguous(), part,
-                        M, Z, m_split, dy.stride(0), dy.stride(1), x.stride(0), x.stride(1))
+            M, Z, m_split, 1 << max(Z - 1, 0).bit_length(), dy.stride(0), dy.stride(1), x.stride(0), x.stride(1))
     return part.sum(0)

@@ -407,7 +407,10 @@ def test_plan_uses_ell_where_rows_fit_and_falls_back_elsewhere(monkeypatch):
     monkeypatch.delenv("SPARSEFORMER_SPMM_METHOD", raising=False)
     monkeypatch.delenv("SPARSEFORMER_BACKEND", raising=False)
     w = sparse_weight(512, 128, 1 / 1024, 0)
-    assert plan_linear(w, backend="triton").fwd == "dense"  # the measured rule
+    p = plan_linear(w, backend="triton")                    # the measured rule: dense, density not measured
+    assert (p.fwd, p.dx, p.sw, p.density) == ("dense", "dense", None, None)
+    with torch.no_grad():
+        assert torch.equal(sparse_linear(torch.ones(3, 128), w, plan=p), torch.ones(3, 128) @ w.t())
     monkeypatch.setattr(spmm_rules, "GPU_RULE", spmm_rules.GPU_RULE_ELL)
     p = plan_linear(w, backend="triton")
     assert (p.fwd, p.dx) == ("ell", "ell") and set(p.sw._ell) == {False, True}   # built by the planner
