@@ -410,7 +410,8 @@ def test_plan_uses_ell_where_rows_fit_and_falls_back_elsewhere(monkeypatch):
     p = plan_linear(w, backend="triton")                    # the measured rule: dense, density not measured
     assert (p.fwd, p.dx, p.sw, p.density) == ("dense", "dense", None, None)
     with torch.no_grad():
-        assert torch.equal(sparse_linear(torch.ones(3, 128), w, plan=p), torch.ones(3, 128) @ w.t())
+        x = torch.ones(3, 128, device=w.device)
+        assert torch.equal(sparse_linear(x, w, plan=p), x @ w.t())
     monkeypatch.setattr(spmm_rules, "GPU_RULE", spmm_rules.GPU_RULE_ELL)
     p = plan_linear(w, backend="triton")
     assert (p.fwd, p.dx) == ("ell", "ell") and set(p.sw._ell) == {False, True}   # built by the planner
