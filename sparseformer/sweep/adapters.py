@@ -71,10 +71,11 @@ def prune_targets(run, task: str, targets: Sequence[float], *, steps: int, batch
     from ..prune.search import (SearchSettings, bisect_nodes, calibrate as fit_calibration, circuit_loss_fn,
                                 rank_nodes, train_masks, trial_settings)
     from ..prune.sites import kept_from_flat, mask_sites, n_nodes
-    from ..prune.taskdata import load_task, task_batches
+    from ..prune.taskdata import MAX_PROMPT_TOKENS, load_task, task_batches
 
     t0 = time.perf_counter()
-    train, test = task_batches(load_task(task), run.tokenizer, n_train=train_pairs, n_test=test_pairs, seed=seed)
+    train, test = task_batches(load_task(task), run.tokenizer, n_train=train_pairs, n_test=test_pairs, seed=seed,
+                               max_len=min(MAX_PROMPT_TOKENS, run.config.model.block_size))
     sites = mask_sites(run.config.model)
     total = n_nodes(sites)
     ablator = Ablator(run.model, run_means(run, n_tokens=mean_tokens))

@@ -88,10 +88,13 @@ def evaluate(model, tokenizer, tasks: str | Task | Iterable[str | Task] | None =
 
     Returns one dict per task: {task, kind, loss, accuracy, n, n_dropped}; loss is the mean per-sequence
     contrast loss in nats, accuracy the fraction of the 2n sequences whose correct token wins. Prompts
-    are left-truncated to max_len tokens (255, SPEC §4.1; less for a model with a shorter context).
+    are left-truncated to max_len tokens (255, SPEC §4.1), and to the model's block_size when that is shorter.
     """
     if tokenizer is None:
         raise TaskError("no tokenizer given; the task commands need the run's tokenizer to encode prompts")
+    context = getattr(getattr(model, "config", None), "block_size", None)
+    if isinstance(context, int):        # a model sees at most its own context
+        max_len = min(max_len, context)
     results = []
     for task in resolve_tasks(tasks):
         batch = make_batch(task, tokenizer, split=split, n=n, seed=seed, max_len=max_len)

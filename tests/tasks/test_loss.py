@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -158,3 +159,23 @@ def test_evaluate_batch_is_independent_of_batch_size(tokenizer):
 def test_evaluate_needs_a_tokenizer():
     with pytest.raises(TaskError, match="tokenizer"):
         evaluate(CausalToy(), None, "for_while")
+
+
+def test_evaluate_truncates_prompts_to_the_model_context(tokenizer):
+    """A model with a short block_size sees only its last block_size tokens (and never more than it can take)."""
+    class ShortContext(CausalToy):
+        def __init__(self, block_size):
+            super().__init__(vocab=tokenizer.vocab_size)
+            self.config = SimpleNamespace(block_size=block_size)
+            self.longest = 0
+
+        def forward(self, idx):
+            assert idx.shape[1] <= self.config.block_size
+            self.longest = max(self.longest, idx.shape[1])
+            return super().forward(idx)
+
+    model = ShortContext(block_size=24)
+    row = evaluate(model, tokenizer, "else_elif", n=8)[0]
+    assert model.longest == 24 and row["n"] == 8
+    cut = make_batch(get_task("else_elif"), tokenizer, n=8, max_len=24)
+    assert row["loss"] == pytest.approx(evaluate_batch(CausalToy(vocab=tokenizer.vocab_size), cut)["loss"], rel=1e-6)
