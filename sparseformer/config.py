@@ -215,12 +215,17 @@ def _unknown_key(key: str, known: list[str]) -> str:
 # Presets
 
 def _tiny() -> RunConfig:
-    """A model that trains on the stdlib corpus in a few minutes on a 2-core CPU."""
+    """A model that trains on the stdlib corpus in about 6 minutes on a 2-core CPU and learns the quote task.
+
+    Measured on that machine (3M tokens): learned positions let a 2-layer model find the most recent opening
+    quote (without them single_double_quote stayed near 0.6 nats); the bigram table takes the bigram
+    statistics off the sparse weights; lr 2e-2 beat 1e-2 at 3,000 steps with half the steps. The context
+    (block_size) is the training context, so task prompts are cut to the 128 tokens the model was trained on."""
     return RunConfig(
-        model=ModelConfig(n_layer=2, d_model=128, n_head=8, d_head=16, d_mlp=512, afrac=0.25,
-                          afrac_sites=SWEEP_SITES, bigram_table=False),
+        model=ModelConfig(n_layer=2, d_model=128, n_head=8, d_head=16, d_mlp=512, block_size=128, afrac=0.25,
+                          afrac_sites=SWEEP_SITES, bigram_table=True, learned_pos_emb=True),
         sparsity=SparsityConfig(weight_density=1 / 8, embed_density=1 / 4, anneal_end=0.5),
-        train=TrainConfig(steps=500, batch_size=16, seq_len=128, lr=1e-2, eval_every=100, ckpt_every=100,
+        train=TrainConfig(steps=1500, batch_size=16, seq_len=128, lr=2e-2, eval_every=250, ckpt_every=250,
                           log_every=10, eval_batches=8),
         preset="tiny",
     )
