@@ -261,20 +261,22 @@ def test_dds_rejects_unknown_op_and_missing_format():
     assert torch.equal(dds_ref(torch.ones(1, 4), w, "fwd"), torch.ones(1, 4) @ w.t())
 
 
-def test_a_failing_auto_chosen_kernel_falls_back_to_masked_dense(monkeypatch, caplog):
+@pytest.mark.parametrize("launcher, fwd, dx, kernel", [("spmm_gather_triton", "gather_t", "gather", "gather"),
+                                                     ("spmm_ell_triton", "ell", "ell", "ell")])
+def test_a_failing_auto_chosen_kernel_falls_back_to_masked_dense(monkeypatch, caplog, launcher, fwd, dx, kernel):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated compile failure")
-    monkeypatch.setattr(spmm_triton, "spmm_gather_triton", broken)
+    monkeypatch.setattr(spmm_triton, launcher, broken)
     monkeypatch.setattr(spmm, "_BROKEN", {})
     w = sparse_weight(6, 5, 0.5, 0).cpu().requires_grad_()
     x = torch.randn(3, 5, requires_grad=True)
-    plan = LinearPlan(backend="triton", fwd="gather_t", dx="gather", sw=compact(w), density=0.5)
+    plan = LinearPlan(backend="triton", fwd=fwd, dx=dx, sw=compact(w), density=0.5)
     y = sparse_linear(x, w, plan=plan)
     assert torch.allclose(y, F.linear(x, w), atol=1e-6)
     y.sum().backward()
     assert torch.allclose(x.grad, torch.ones(3, 6) @ w, atol=1e-6)
-    assert "gather" in spmm._BROKEN and "simulated compile failure" in caplog.text
-    forced = LinearPlan(backend="triton", fwd="gather", dx="gather", sw=plan.sw, density=0.5, forced=True)
+    assert kernel in spmm._BROKEN and "simulated compile failure" in caplog.text
+    forced = LinearPlan(backend="triton", fwd=kernel, dx=kernel, sw=plan.sw, density=0.5, forced=True)
     with pytest.raises(RuntimeError, match="simulated"):
         sparse_linear(x, w, plan=forced)
 
@@ -438,18 +440,3 @@ def test_ell_linear_forced_by_env_values_and_grads(monkeypatch, heavy):
     _linear_case("triton", None, (2, 3, 12), 20, 0.2, 5, torch.float32, transpose_x=True, bias=True,
                  weight=w0)
     assert len(calls) == 2 and all(s[0] == 1 for s in calls)   # fwd and dX, on tokens-contiguous activations
-
-
-def test_a_failing_auto_chosen_ell_kernel_falls_back_to_masked_dense(monkeypatch, caplog):
-    def broken(*args, **kwargs):
-        raise RuntimeError("simulated ell failure")
-    monkeypatch.setattr(spmm_triton, "spmm_ell_triton", broken)
-    monkeypatch.setattr(spmm, "_BROKEN", {})
-    w = sparse_weight(6, 5, 0.5, 0).cpu().requires_grad_()
-    x = torch.randn(3, 5, requires_grad=True)
-    plan = LinearPlan(backend="triton", fwd="ell", dx="ell", sw=compact(w), density=0.5)
-    y = sparse_linear(x, w, plan=plan)
-    assert torch.allclose(y, F.linear(x, w), atol=1e-6)
-    y.sum().backward()
-    assert torch.allclose(x.grad, torch.ones(3, 6) @ w, atol=1e-6)
-    assert "ell" in spmm._BROKEN and "simulated ell failure" in caplog.text
