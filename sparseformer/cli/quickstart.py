@@ -74,7 +74,7 @@ def _prune_with_fallback(run, task: str, rows: list[dict], progress: bool):
         first = str(e)
     best = min(rows, key=lambda r: r["loss"])
     target = round(RELAXED_FACTOR * best["loss"], 4)
-    note = (f"{first}. The tiny model is too small and briefly trained for the paper's target, so the "
+    note = (f"{first}. This model is too small or too briefly trained for the paper's target, so the "
             f"quickstart pruned the task it learned best, {best['task']} (loss {best['loss']:.4f}), at a relaxed "
             f"target of {target} ({RELAXED_FACTOR} x its unpruned loss)")
     return prune_task(run, best["task"], target_loss=target, progress=progress), note

@@ -1,0 +1,35 @@
+"""The quickstart's circuit step: the paper's task when the model reaches its target, else an explicit fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+import sparseformer.prune as prune
+from sparseformer.cli.quickstart import RELAXED_FACTOR, _prune_with_fallback
+from sparseformer.errors import PruneError
+
+ROWS = [{"task": "for_while", "loss": 0.5}, {"task": "else_elif", "loss": 0.2}, {"task": "var_if", "loss": 0.9}]
+
+
+def test_reachable_task_is_pruned_at_the_paper_target_without_a_note(monkeypatch):
+    calls = []
+    monkeypatch.setattr(prune, "prune_task", lambda run, task, **kw: calls.append((task, kw)) or "circuit")
+    result, note = _prune_with_fallback("run", "single_double_quote", ROWS, progress=False)
+    assert (result, note) == ("circuit", None)
+    assert calls == [("single_double_quote", {"progress": False})]
+
+
+def test_unreachable_task_falls_back_to_the_best_learned_task_and_says_so(monkeypatch):
+    calls = []
+
+    def fake(run, task, target_loss=0.15, progress=False):
+        calls.append((task, target_loss))
+        if task == "single_double_quote":
+            raise PruneError("the unpruned model's loss on single_double_quote is 0.7 per sequence")
+        return "fallback circuit"
+
+    monkeypatch.setattr(prune, "prune_task", fake)
+    result, note = _prune_with_fallback("run", "single_double_quote", ROWS, progress=False)
+    assert result == "fallback circuit"
+    assert calls == [("single_double_quote", 0.15), ("else_elif", pytest.approx(RELAXED_FACTOR * 0.2))]
+    assert "0.7 per sequence" in note and "else_elif" in note and str(round(RELAXED_FACTOR * 0.2, 4)) in note
