@@ -279,6 +279,9 @@ def main(argv=None) -> int:
     # GPU order = priority (a capped run keeps the densities that finished)
     densities = args.densities or ((1 / 1024, 1 / 256, 1 / 64) if gpu else (1 / 64, 1 / 256, 1 / 1024))
     engines = list(dict.fromkeys(["paper"] + args.engines))
+    for e in engines:
+        if e != "paper" and e.partition("@")[0] not in ("ours", "ours-support"):
+            ap.error(f"unknown engine {e!r}: use paper, ours, ours-support, or ours@METHOD / ours-support@METHOD")
     batches = markov_batches(cfg.model.vocab_size, args.batch_size, args.seq_len, args.steps, args.seed)
     env = env_header(dev)
     rows = []

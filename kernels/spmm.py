@@ -15,7 +15,7 @@ rounding (fp32 accumulation everywhere); "dense" matches it bit for bit.
 
 `sparse_linear(x, w, b, ...)` is the autograd functional; `plan_linear` picks the methods for a weight from
 its measured density and tile occupancy (spmm_rules.py) and builds the SparseWeight they need
-(sparse_format.py; for "ell" also its padded rows, or "gather_t" for a product whose rows are too skewed
+(sparse_format.py; for "ell" also its padded rows, or masked dense for a product whose rows are too skewed
 to pad: sparse_format.ell_fits; a forced "ell" is kept); a caller may reuse a plan while the weight's
 support is unchanged. dtypes: float32, float16, bfloat16 (float64 on the torch backend). Under autocast
 the product runs in the autocast dtype and reads the fp32 weight directly; dW and db come back in the

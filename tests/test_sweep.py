@@ -58,7 +58,7 @@ def test_width_scales_shape_and_keeps_the_nonzero_budget():
     (minimal(budget={"tokens": 10, "steps": 3}), "exactly one of"),
     (minimal(grid={"widht": [1]}), "did you mean 'width'"),
     (minimal(base={"model": {"d_model": 99}}), "sets model.d_model"),
-    (minimal(base={"model": {"block_size": 64}}), "block_size"),
+    (minimal(base={"model": {"block_size": 64}, "train": {"seq_len": 128}}), "exceeds model.block_size"),
     (minimal(base={"train": {"lrr": 0.1}}), "train.lrr"),
     (minimal(shape={"base_d_model": 24}), "multiple of d_head"),
     (minimal(prune={"targets": [0.1, -1]}), "positive"),
@@ -68,6 +68,12 @@ def test_bad_sweep_files_fail_with_one_clear_line(raw, message):
     with pytest.raises(ConfigError, match=message) as e:
         sweep_from_dict(raw)
     assert "\n" not in str(e.value)
+
+
+def test_a_context_shorter_than_task_prompts_is_accepted():
+    """Task prompts are cut to the model's context, so block_size may be under 256 (the tiny preset's 128)."""
+    cfg = sweep_from_dict(minimal(base={"model": {"block_size": 64}, "train": {"seq_len": 64}}))
+    assert all(run_config(m, cfg, steps=2).model.block_size == 64 for m in cfg.models)
 
 
 def test_toml_and_json_files_load_the_same_sweep(tmp_path):

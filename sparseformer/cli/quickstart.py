@@ -30,6 +30,8 @@ def quickstart_pipeline(out: Path, *, steps: int | None = None, task: str = "sin
     cfg = apply_overrides(cfg, overrides)
     out = Path(out)
     state = read_state(out) if (out / "config.json").is_file() else {"finished": False, "step": 0}
+    if not force and (out / "config.json").is_file():
+        _check_reusable(out, cfg)
     if force or not (out / "config.json").is_file():
         train(cfg, out, force=force, progress=progress)
     elif not state.get("finished"):
@@ -61,6 +63,19 @@ def quickstart_pipeline(out: Path, *, steps: int | None = None, task: str = "sin
 
 
 RELAXED_FACTOR = 1.25
+
+
+def _check_reusable(out: Path, cfg) -> None:
+    """Refuse to reuse a run trained with another config (e.g. an older tiny preset): one line, with the fix."""
+    from ..checkpoint import load_config
+    from ..errors import ConfigError
+    have = json.loads(json.dumps(load_config(out).to_dict()))
+    want = json.loads(json.dumps(cfg.to_dict()))
+    for section in ("model", "sparsity", "train", "data"):
+        for key, value in want.get(section, {}).items():
+            if key != "device" and have.get(section, {}).get(key) != value:
+                raise ConfigError(f"{out} holds a run trained with {section}.{key}={have.get(section, {}).get(key)!r}, "
+                                  f"not the tiny preset's {value!r}; pass --force to retrain, or choose another --out")
 
 
 def _prune_with_fallback(run, task: str, rows: list[dict], progress: bool):

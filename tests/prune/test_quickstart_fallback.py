@@ -33,3 +33,16 @@ def test_unreachable_task_falls_back_to_the_best_learned_task_and_says_so(monkey
     assert result == "fallback circuit"
     assert calls == [("single_double_quote", 0.15), ("else_elif", pytest.approx(RELAXED_FACTOR * 0.2))]
     assert "0.7 per sequence" in note and "else_elif" in note and str(round(RELAXED_FACTOR * 0.2, 4)) in note
+
+
+def test_a_run_from_another_config_is_not_silently_reused(tmp_path):
+    from sparseformer.checkpoint import save_config
+    from sparseformer.cli.quickstart import _check_reusable
+    from sparseformer.config import apply_overrides, get_preset
+    from sparseformer.errors import ConfigError
+
+    save_config(tmp_path, apply_overrides(get_preset("tiny"), ["train.device=cpu"]))
+    _check_reusable(tmp_path, apply_overrides(get_preset("tiny"), ["train.device=auto"]))   # same run: fine
+    with pytest.raises(ConfigError, match=r"train.steps=1500.*not the tiny preset's 500.*--force") as e:
+        _check_reusable(tmp_path, apply_overrides(get_preset("tiny"), ["train.steps=500"]))
+    assert "\n" not in str(e.value)
