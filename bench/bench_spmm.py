@@ -18,19 +18,17 @@ an error row and the run goes on. Writes OUT/<name>.json and OUT/<name>.md.
   python bench/bench_spmm.py --out bench/results            # GPU if present, else CPU sizes
   python bench/bench_spmm.py --device cpu --quick --out bench/results
   python bench/bench_spmm.py --d-models 2048 --densities 0.0009765625 0.00390625 --out DIR   # ~1 min, H100
-bench/common.py (shared helpers) did not exist when this was written: the helpers below are local.
+The environment header and sync come from bench/common.py; timing and result files stay local (GPU
+timing here is do_bench with a per-run budget, results are one JSON document).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -39,7 +37,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout without install
+from common import device_line, env_header, sync  # noqa: E402
 from sparseformer.checkpoint import resolve_device  # noqa: E402
 from sparseformer.kernels.sparse_format import compact  # noqa: E402
 from sparseformer.kernels.spmm import dds, plan_linear, sdd  # noqa: E402
@@ -57,27 +57,7 @@ APPLIES = {"gather": 1 / 256, "gather_t": 1 / 64, "ell": 1 / 64, "tiles": 1 / 25
            "coo": 1 / 16, "support": 1 / 16}
 
 
-# ---------------------------------------------------------------- helpers (local: no bench/common.py yet)
-
-def env_header(device: torch.device) -> dict:
-    """Versions, device and commit: the header of every result file."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except Exception:
-        commit = "unknown"
-    try:
-        import triton
-        triton_version = triton.__version__
-    except Exception:
-        triton_version = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    return dict(device=name, device_type=device.type, torch=torch.__version__, triton=triton_version,
-                cuda=torch.version.cuda, python=platform.python_version(), cpus=os.cpu_count(),
-                threads=torch.get_num_threads(), commit=commit,
-                load_avg=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-
+# ---------------------------------------------------------------- helpers (the shared ones are in common.py)
 
 def time_ms(fn, device: torch.device, reps: int = 10, rep_ms: float = 60) -> tuple[float, float, float]:
     """(median, p20, p80) milliseconds of fn(); fn has been called once before (compile, autotune). GPU:
@@ -104,11 +84,6 @@ def write_results(out: Path, name: str, doc: dict, markdown: str) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def measure_ceilings(device: torch.device, dtype: torch.dtype) -> dict:
@@ -320,9 +295,7 @@ def _frac(d: float) -> str:
 
 def to_markdown(env, ceil, rows, args) -> str:
     lines = [f"# Sparse matmul benchmark ({env['device']})", "",
-             f"- device: {env['device']} ({env['device_type']}), torch {env['torch']}, triton {env['triton']}, "
-             f"CUDA {env['cuda']}, {env['cpus']} CPUs / {env['threads']} threads (load average {env['load_avg']} "
-             f"at start), commit {env['commit']}, {env['date']}",
+             device_line(env),
              f"- measured ceilings: {ceil['flops'] / 1e12:.3g} TFLOP/s matmul, {ceil['bandwidth'] / 1e9:.3g} GB/s copy",
              f"- command: `{' '.join(args)}`",
              f"- cell: {'median' if env['device_type'] == 'cuda' else 'minimum (interleaved rounds; a shared CPU)'} ms"

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_spmm import _frac, env_header, sync, write_results  # noqa: E402
+from bench_spmm import _frac, write_results  # noqa: E402
+from common import device_line, env_header, sync  # noqa: E402
 
 from sparseformer.checkpoint import resolve_device  # noqa: E402
 from sparseformer.config import SparsityConfig, TrainConfig, get_preset, paper  # noqa: E402
@@ -207,9 +208,7 @@ def run_density(cfg, density, engines, batches, device, args) -> list[dict]:
 def to_markdown(env, cfg, rows, args, argv) -> str:
     m = cfg.model
     lines = [f"# Training-step throughput: ours vs the paper's way ({env['device']})", "",
-             f"- device: {env['device']} ({env['device_type']}), torch {env['torch']}, triton {env['triton']}, "
-             f"CUDA {env['cuda']}, {env['cpus']} CPUs / {env['threads']} threads (load average {env['load_avg']} "
-             f"at start), commit {env['commit']}, {env['date']}",
+             device_line(env),
              f"- model: {args.preset_label}: n_layer {m.n_layer}, d_model {m.d_model}, d_mlp {m.d_mlp}, "
              f"n_head {m.n_head}, afrac {m.afrac}; batch {args.batch_size} x {args.seq_len} tokens; "
              f"embed/bias density {args.embed_ratio_used:g} x d; protection off",

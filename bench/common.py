@@ -96,6 +96,7 @@ def env_header(device) -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "commit": _git_commit(),
+        "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     try:
         import triton
@@ -108,6 +109,13 @@ def env_header(device) -> dict:
     except Exception as e:
         head["backends"] = f"unavailable: {e}"
     return head
+
+
+def device_line(head: dict) -> str:
+    """One markdown bullet naming the device, versions, CPU load, commit and date of `env_header`."""
+    return (f"- device: {head['device']} ({head['device_type']}), torch {head['torch']}, triton {head['triton']}, "
+            f"CUDA {head['cuda']}, {head['cpu_count']} CPUs / {head['torch_threads']} threads (load average "
+            f"{head['load_avg']} at start), commit {head['commit']}, {head['date']}")
 
 
 def _git_commit() -> str | None:
