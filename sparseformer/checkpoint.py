@@ -78,6 +78,31 @@ def load_config(run_dir: Path) -> RunConfig:
         raise CheckpointError(f"{path}: {e}") from None
 
 
+def config_difference(run_dir: Path, want: RunConfig, ignore: tuple[str, ...] = ()) -> tuple[str, Any, Any] | None:
+    """The first setting (a dotted key such as "train.lr") in which the run saved in `run_dir` differs from
+    `want`, as (key, saved value, wanted value); None when they agree. `preset`, `version` and `ignore` never count."""
+    have = json.loads(json.dumps(load_config(run_dir).to_dict()))
+    wanted = json.loads(json.dumps(want.to_dict()))
+    skip = {"preset", "version", *ignore}
+    for key in _flat_keys(wanted):
+        if key not in skip and _dotted(have, key) != _dotted(wanted, key):
+            return key, _dotted(have, key), _dotted(wanted, key)
+    return None
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in d.items():
+        keys += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return keys
+
+
+def _dotted(d: dict, key: str) -> Any:
+    for part in key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, step: int, ks: dict[str, int],
                     finished: bool, extra: dict[str, Any] | None = None) -> None:
     """Model, optimizer moments and state.json (last), each atomically; all stamped with `step`."""

@@ -293,3 +293,17 @@ def test_per_model_overrides_apply_after_base_and_respect_the_grid():
     assert (sparse.train.lr, dense.train.lr) == (0.01, 0.005)
     with pytest.raises(ConfigError, match="sets sparsity.weight_density"):
         sweep_from_dict(minimal(dense=[{"width": 1, "set": {"sparsity": {"weight_density": 0.5}}}]))
+
+
+def test_a_run_trained_with_another_config_is_named_not_reused(tmp_path):
+    from sparseformer.checkpoint import config_difference, save_config
+    from sparseformer.sweep.runner import _check_same_config
+
+    cfg = sweep_from_dict(minimal())
+    planned = run_config(cfg.models[0], cfg, steps=4)
+    save_config(tmp_path, planned)
+    assert config_difference(tmp_path, planned) is None
+    _check_same_config(tmp_path, planned)
+    with pytest.raises(ConfigError, match=r"trained with train.steps=4 but the sweep now asks for 5; pass --force"):
+        _check_same_config(tmp_path, run_config(cfg.models[0], cfg, steps=5))
+    assert config_difference(tmp_path, run_config(cfg.models[0], cfg, steps=5), ignore=("train.steps",)) is None

@@ -67,15 +67,13 @@ RELAXED_FACTOR = 1.25
 
 def _check_reusable(out: Path, cfg) -> None:
     """Refuse to reuse a run trained with another config (e.g. an older tiny preset): one line, with the fix."""
-    from ..checkpoint import load_config
+    from ..checkpoint import config_difference
     from ..errors import ConfigError
-    have = json.loads(json.dumps(load_config(out).to_dict()))
-    want = json.loads(json.dumps(cfg.to_dict()))
-    for section in ("model", "sparsity", "train", "data"):
-        for key, value in want.get(section, {}).items():
-            if key != "device" and have.get(section, {}).get(key) != value:
-                raise ConfigError(f"{out} holds a run trained with {section}.{key}={have.get(section, {}).get(key)!r}, "
-                                  f"not the tiny preset's {value!r}; pass --force to retrain, or choose another --out")
+    diff = config_difference(out, cfg, ignore=("train.device",))
+    if diff:
+        key, have, want = diff
+        raise ConfigError(f"{out} holds a run trained with {key}={have!r}, not the tiny preset's {want!r}; "
+                          f"pass --force to retrain, or choose another --out")
 
 
 def _prune_with_fallback(run, task: str, rows: list[dict], progress: bool):

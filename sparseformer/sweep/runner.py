@@ -21,7 +21,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .. import checkpoint as ckpt
 from ..config import RunConfig
@@ -153,27 +152,11 @@ def _train(spec: ModelSpec, cfg: SweepConfig, run_dir: Path, *, force: bool, pro
 
 
 def _check_same_config(run_dir: Path, planned: RunConfig) -> None:
-    have = ckpt.load_config(run_dir).to_dict()
-    want = planned.to_dict()
-    diffs = [key for key in _flat_keys(want)
-             if key not in ("preset", "version") and _get(have, key) != _get(want, key)]
-    if diffs:
-        k = diffs[0]
-        raise ConfigError(f"{run_dir} was trained with {k}={_get(have, k)!r} but the sweep now asks for "
-                          f"{_get(want, k)!r}; pass --force to retrain, or point --runs at a new directory")
-
-
-def _flat_keys(d: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in d.items():
-        keys += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-    return keys
-
-
-def _get(d: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
+    diff = ckpt.config_difference(run_dir, planned)
+    if diff:
+        key, have, want = diff
+        raise ConfigError(f"{run_dir} was trained with {key}={have!r} but the sweep now asks for "
+                          f"{want!r}; pass --force to retrain, or point --runs at a new directory")
 
 
 def _last_val_loss(run_dir: Path) -> float | None:
