@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
+from .sites import ABSTOPK_NAMES
 
 CONFIG_VERSION = 1
 
-# AbsTopK sites of SPEC §1.5, in forward order.
-AFRAC_SITES = ("attn_in", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out",
-               "resid_post_attn", "resid_post_mlp")
+# AbsTopK names (the official checkpoints' location types), in forward order; sites.py maps each to its site.
+AFRAC_SITES = ABSTOPK_NAMES
 SWEEP_SITES = ("attn_in", "attn_out", "mlp_in", "mlp_out", "mlp_neuron", "attn_v")  # the sweep1 models [C]
 ACTIVATIONS = ("gelu", "relu")
 

@@ -4,7 +4,8 @@ Data flow: x = wte[idx] (+ wpe[:T]) -> per layer: x += Attn(RMSNorm(x)); x += ML
 -> RMSNorm -> lm_head -> + final_logits_bias (+ bigram_table[idx]).
 
 AbsTopK (keep the k = int(afrac * width) largest |x| per token) sits at the configured sites; every hook point
-is placed after the AbsTopK of its site, so records and interventions see the sparse activation.
+is placed after the AbsTopK of its site, so records and interventions see the sparse activation. The sites
+(hook name, width, AbsTopK name, pruning mask and edges) are declared once in sites.py.
 Module names follow the official checkpoints (transformer.h.L.attn.c_attn, ...), so state dicts map 1:1.
 Every Linear is a SparseLinear (an nn.Linear whose forward picks masked-dense or a sparse kernel from the
 weight's measured density); the trainer's SparseAdamW keeps each weight at its top-k.
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .hooks import HookPoint
 from .layers import SparseLinear
+from .sites import site_spec, site_width
 
 
 def abstopk(x: Tensor, k: int) -> Tensor:
@@ -46,9 +48,11 @@ class AbsTopK(nn.Module):
         return f"k={self.k}"
 
 
-def _site_topk(cfg: ModelConfig, site: str, width: int) -> AbsTopK:
-    on = cfg.afrac < 1 and site in cfg.afrac_sites
-    return AbsTopK(cfg.afrac_k(width) if on else None)
+def _site_topk(cfg: ModelConfig, site: str) -> AbsTopK:
+    """The AbsTopK of a site (declared in sites.py): on when the site's AbsTopK name is in cfg.afrac_sites."""
+    spec = site_spec(site)
+    on = cfg.afrac < 1 and spec.abstopk in cfg.afrac_sites
+    return AbsTopK(cfg.afrac_k(site_width(cfg, spec)) if on else None)
 
 
 def _rmsnorm(cfg: ModelConfig, width: int) -> nn.RMSNorm:
@@ -63,10 +67,10 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = SparseLinear(cfg.d_model, 3 * d_attn, bias=cfg.bias)   # q, k, v in that order
         self.c_proj = SparseLinear(d_attn, cfg.d_model, bias=cfg.bias)
         self.sink_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.sink else None
-        self.topk_q = _site_topk(cfg, "attn_q", d_attn)
-        self.topk_k = _site_topk(cfg, "attn_k", d_attn)
-        self.topk_v = _site_topk(cfg, "attn_v", d_attn)
-        self.topk_out = _site_topk(cfg, "attn_out", cfg.d_model)
+        self.topk_q = _site_topk(cfg, "attn.q")
+        self.topk_k = _site_topk(cfg, "attn.k")
+        self.topk_v = _site_topk(cfg, "attn.v")
+        self.topk_out = _site_topk(cfg, "attn.resid_delta")
         p = f"{layer}.attn"
         self.hook_q = HookPoint(f"{p}.q")                  # [B, T, n_head*d_head]
         self.hook_k = HookPoint(f"{p}.k")                  # [B, T, n_head*d_head]
@@ -107,8 +111,8 @@ class MLP(nn.Module):
         self.c_fc = SparseLinear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
         self.act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
         self.c_proj = SparseLinear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
-        self.topk_neuron = _site_topk(cfg, "mlp_neuron", cfg.d_mlp)
-        self.topk_out = _site_topk(cfg, "mlp_out", cfg.d_model)
+        self.topk_neuron = _site_topk(cfg, "mlp.post_act")
+        self.topk_out = _site_topk(cfg, "mlp.resid_delta")
         self.hook_post_act = HookPoint(f"{layer}.mlp.post_act")          # [B, T, d_mlp]
         self.hook_resid_delta = HookPoint(f"{layer}.mlp.resid_delta")    # [B, T, d_model]
 
@@ -124,10 +128,10 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg, layer)
         self.ln_2 = _rmsnorm(cfg, cfg.d_model)
         self.mlp = MLP(cfg, layer)
-        self.topk_attn_in = _site_topk(cfg, "attn_in", cfg.d_model)
-        self.topk_mlp_in = _site_topk(cfg, "mlp_in", cfg.d_model)
-        self.topk_resid_attn = _site_topk(cfg, "resid_post_attn", cfg.d_model)
-        self.topk_resid_mlp = _site_topk(cfg, "resid_post_mlp", cfg.d_model)
+        self.topk_attn_in = _site_topk(cfg, "attn.act_in")
+        self.topk_mlp_in = _site_topk(cfg, "mlp.act_in")
+        self.topk_resid_attn = _site_topk(cfg, "resid_mid")
+        self.topk_resid_mlp = _site_topk(cfg, "resid_out")
         self.hook_resid_in = HookPoint(f"{layer}.resid_in")              # [B, T, d_model]
         self.hook_attn_in = HookPoint(f"{layer}.attn.act_in")            # [B, T, d_model]
         self.hook_resid_mid = HookPoint(f"{layer}.resid_mid")            # [B, T, d_model]

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
+from ..sites import abstopk_widths
 
 CONFIG_FILE = "beeg_config.json"
 
@@ -112,18 +113,12 @@ def to_model_config(raw: dict[str, Any], where: str = CONFIG_FILE) -> ModelConfi
     return cfg
 
 
-def _site_widths(cfg: ModelConfig) -> dict[str, int]:
-    d, a = cfg.d_model, cfg.d_attn
-    return {"attn_in": d, "attn_q": a, "attn_k": a, "attn_v": a, "attn_out": d, "mlp_in": d,
-            "mlp_neuron": cfg.d_mlp, "mlp_out": d, "resid_post_attn": d, "resid_post_mlp": d}
-
-
 def _check_afrac_k(cfg: ModelConfig) -> None:
     """The official AbsTopK keeps int(afrac * width) entries, ours at least 1: refuse the k = 0 case."""
     if cfg.afrac >= 1:
         return
     for site in cfg.afrac_sites:
-        width = _site_widths(cfg)[site]
+        width = abstopk_widths(cfg)[site]
         if int(cfg.afrac * width) == 0:
             raise ConfigError(f"afrac={cfg.afrac} keeps int(afrac * {width}) = 0 entries at {site}; "
                               f"such a model outputs nothing there")

@@ -1,14 +1,12 @@
-"""Circuit edges (SPEC §5.1): nonzero weights between kept nodes, and the geometric mean over tasks.
+"""Circuit edges: nonzero weights between kept nodes, and the geometric mean over tasks (docs/pruning.md).
 
-Edge-making matrices, per layer L (weights are [out, in]; rows index the target node, columns the source):
-  L.attn.act_in -> L.attn.q / k / v     c_attn.weight rows [0, d_attn) / [d_attn, 2 d_attn) / [2 d_attn, 3 d_attn)
-  L.attn.v      -> L.attn.resid_delta   attn.c_proj.weight (head output channel j carries v channel j)
-  L.mlp.act_in  -> L.mlp.post_act       c_fc.weight
-  L.mlp.post_act-> L.mlp.resid_delta    mlp.c_proj.weight
-The headline count is these edges. Bias entries into kept targets are counted separately ("bias edges").
-Not edges: q.k pairings, and write -> read links along one residual channel (identity).
+The weight matrices that make edges are declared with the sites (`sparseformer.sites`, `edges_from`): per
+layer, c_attn's q / k / v row blocks (act_in -> q, k, v), the attention c_proj (v -> attn.resid_delta: head
+output channel j carries v channel j), c_fc (mlp.act_in -> post_act) and the MLP c_proj (post_act ->
+mlp.resid_delta). Weights are [out, in], so rows index the target node and columns the source. The headline
+count is these edges; bias entries into kept targets are counted separately ("bias edges"). Not edges:
+q.k pairings, and write -> read links along one residual channel (an identity).
 
-Choices where SPEC §10 item 4 leaves it open:
 - The read nodes (act_in) sit after the RMSNorm, gain included, so the weights above are the exact edge
   weights; folding the gain into the read weights (W diag(g)) changes the pattern only for a zero gain, whose
   channel is constant anyway.
@@ -27,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..sites import LAYER_SITES, site_spec
 from .sites import FINAL, node_id
 
 
@@ -38,28 +37,39 @@ class Edge:
 
 
 def edge_matrices(model: nn.Module) -> list[tuple[str, str, Tensor, Tensor | None]]:
-    """(src_site, tgt_site, weight [tgt_width, src_width], bias [tgt_width] or None) for every layer."""
-    cfg = model.config
-    d = cfg.d_attn
+    """(src_site, tgt_site, weight [tgt_width, src_width], bias [tgt_width] or None) for every layer, from the
+    site declarations."""
     out = []
     for L, block in enumerate(model.transformer.h):
-        attn, mlp = block.attn, block.mlp
-        w, b = attn.c_attn.weight, attn.c_attn.bias
-        for i, s in enumerate("qkv"):
-            out.append((f"{L}.attn.act_in", f"{L}.attn.{s}", w[i * d:(i + 1) * d],
-                        None if b is None else b[i * d:(i + 1) * d]))
-        out.append((f"{L}.attn.v", f"{L}.attn.resid_delta", attn.c_proj.weight, attn.c_proj.bias))
-        out.append((f"{L}.mlp.act_in", f"{L}.mlp.post_act", mlp.c_fc.weight, mlp.c_fc.bias))
-        out.append((f"{L}.mlp.post_act", f"{L}.mlp.resid_delta", mlp.c_proj.weight, mlp.c_proj.bias))
+        for site in LAYER_SITES:
+            src = site.edges_from
+            if src is None:
+                continue
+            lin = block.get_submodule(src.weight)
+            rows = lin.weight.shape[0] // src.blocks
+            part = slice(src.block * rows, (src.block + 1) * rows)
+            out.append((f"{L}.{src.site}", f"{L}.{site.name}", lin.weight[part],
+                        None if lin.bias is None else lin.bias[part]))
     return out
+
+
+def _kept_blocks(model: nn.Module, kept: dict[str, Sequence[int]]):
+    """Per edge matrix: (src, tgt, kept src channels, kept tgt channels, weight, bias)."""
+    for src, tgt, w, b in edge_matrices(model):
+        yield src, tgt, sorted(kept.get(src, ())), sorted(kept.get(tgt, ())), w, b
+
+
+@torch.no_grad()
+def count_edges(model: nn.Module, kept: dict[str, Sequence[int]]) -> int:
+    """The headline size of a circuit: nonzero weights between its kept nodes (without listing them)."""
+    return sum(int(torch.count_nonzero(w[t][:, s])) for _, _, s, t, w, _ in _kept_blocks(model, kept) if s and t)
 
 
 @torch.no_grad()
 def circuit_edges(model: nn.Module, kept: dict[str, Sequence[int]]) -> tuple[list[Edge], list[Edge]]:
     """(weight edges, bias edges) between the kept nodes of a circuit."""
     edges, bias_edges = [], []
-    for src, tgt, w, b in edge_matrices(model):
-        src_ch, tgt_ch = sorted(kept.get(src, ())), sorted(kept.get(tgt, ()))
+    for src, tgt, src_ch, tgt_ch, w, b in _kept_blocks(model, kept):
         if tgt_ch and b is not None:
             for c in tgt_ch:
                 if b[c] != 0:
@@ -73,8 +83,8 @@ def circuit_edges(model: nn.Module, kept: dict[str, Sequence[int]]) -> tuple[lis
 
 
 def residual_reads(kept: dict[str, Sequence[int]]) -> set[int]:
-    """Residual channels read by the circuit: kept act_in channels of any layer, and kept final_resid."""
-    return {c for s, chans in kept.items() if s.endswith(".act_in") or s == FINAL for c in chans}
+    """Residual channels read by the circuit: kept channels of the read sites (act_in of any layer, final_resid)."""
+    return {c for s, chans in kept.items() if site_spec(s).role == "read" for c in chans}
 
 
 @torch.no_grad()

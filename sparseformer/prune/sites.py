@@ -1,8 +1,10 @@
-"""The mask sites of SPEC §5.1, node ids and labels, and conversions between circuit representations.
+"""Pruning nodes: ids, labels, and conversions between circuit representations.
 
-A node is one channel at one site, applied at every token position. Its id is `"{site}.{channel}"`
-(`0.mlp.post_act.27`). A circuit is a dict `site -> sorted kept channels`; pruning also uses a flat
-vector over all nodes, in the order of `mask_sites` (sites in forward order, channels ascending).
+The pruning sites (which activations get masks, their widths, the weights that give their edges) are
+declared once in `sparseformer.sites`; `mask_sites(cfg)` lists them. A node is one channel at one site,
+applied at every token position. Its id is `"{site}.{channel}"` (`0.mlp.post_act.27`). A circuit is a
+dict `site -> sorted kept channels`; pruning also uses a flat vector over all nodes, in the order of
+`mask_sites` (sites in forward order, channels ascending). See docs/pruning.md.
 """
 
 from __future__ import annotations
@@ -12,41 +14,16 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
+from ..sites import FINAL_SITE, mask_sites, site_spec
 
-QKV = ("q", "k", "v")
-FINAL = "final_resid"
+FINAL = FINAL_SITE.name
 
-
-def mask_sites(cfg: ModelConfig) -> dict[str, int]:
-    """Every mask site -> its width, in forward order: per layer attn act_in, q, k, v, resid_delta,
-    mlp act_in, post_act, resid_delta; then final_resid."""
-    sites: dict[str, int] = {}
-    for L in range(cfg.n_layer):
-        sites[f"{L}.attn.act_in"] = cfg.d_model
-        for s in QKV:
-            sites[f"{L}.attn.{s}"] = cfg.d_attn     # flat across heads: channel c is head c // d_head
-        sites[f"{L}.attn.resid_delta"] = cfg.d_model
-        sites[f"{L}.mlp.act_in"] = cfg.d_model
-        sites[f"{L}.mlp.post_act"] = cfg.d_mlp
-        sites[f"{L}.mlp.resid_delta"] = cfg.d_model
-    sites[FINAL] = cfg.d_model
-    return sites
+__all__ = ["FINAL", "mask_sites"]
 
 
-def site_layer(site: str) -> int | None:
-    """The layer of a site, None for final_resid."""
-    head = site.split(".", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
-def site_kind(site: str) -> str:
-    """The site without its layer: 'attn.q', 'mlp.post_act', 'final_resid'."""
-    return site if site_layer(site) is None else site.split(".", 1)[1]
-
-
-def is_qkv(site: str) -> bool:
-    return site_kind(site) in ("attn.q", "attn.k", "attn.v")
+def is_per_head(site: str) -> bool:
+    """Whether a site's channels are grouped by head (q, k, v: channel c is head c // d_head)."""
+    return site_spec(site).heads
 
 
 def node_id(site: str, channel: int) -> str:
@@ -59,8 +36,8 @@ def parse_node_id(nid: str) -> tuple[str, int]:
 
 
 def channel_label(site: str, channel: int, d_head: int) -> str:
-    """How a channel is shown: `h{head}.ch{c}` for q/k/v (flat across heads), else the index."""
-    return f"h{channel // d_head}.ch{channel % d_head}" if is_qkv(site) else str(channel)
+    """How a channel is shown: `h{head}.ch{c}` at per-head sites (q, k, v: flat across heads), else the index."""
+    return f"h{channel // d_head}.ch{channel % d_head}" if is_per_head(site) else str(channel)
 
 
 def n_nodes(sites: dict[str, int]) -> int:

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..checkpoint import atomic_write_text
+from ..sites import viewer_layout
 
 
 def _template() -> str:
@@ -22,7 +23,9 @@ def _template() -> str:
 
 
 def render_viewer(doc: dict) -> str:
-    """The viewer page for one circuit document, as a string."""
+    """The viewer page for one circuit document, as a string; the page lays out the sites as the model
+    declares them (`sparseformer.sites`)."""
+    doc = {**doc, "layout": viewer_layout()}
     # "<" never appears outside JSON strings, and inside them \u003c is the same character, so the
     # embedded document cannot close its <script> element.
     data = json.dumps(doc, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
