@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import signal
 import threading
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from .config import RunConfig
+from .data.for_config import load_dataset
 from .errors import CheckpointError, TrainingDiverged
 from .model import GPT
 from .sparsity.optimizer import SparseAdamW
@@ -44,11 +44,6 @@ class TrainResult:
     val_loss: float | None
     interrupted: bool = False
     history: list[dict] = field(default_factory=list)
-
-
-def cache_dir() -> Path:
-    """Where tokenised corpora are cached (SPARSEFORMER_CACHE, default ~/.cache/sparseformer)."""
-    return Path(os.environ.get("SPARSEFORMER_CACHE", Path.home() / ".cache" / "sparseformer"))
 
 
 def _prepare_out(cfg: RunConfig, out: Path, resume: bool, force: bool) -> RunConfig:
@@ -89,13 +84,6 @@ def evaluate_val(model: GPT, dataset, cfg: RunConfig, device: torch.device, auto
               for x, y in dataset.val_batches(cfg.train.batch_size, cfg.train.seq_len, cfg.train.eval_batches)]
     model.train(was_training)
     return sum(losses) / max(1, len(losses))
-
-
-def load_dataset(cfg: RunConfig, tokenizer=None):
-    from .data import prepare_dataset
-    return prepare_dataset(cfg.data.source, cache_dir() / "data", tokenizer=tokenizer,
-                           vocab_size=cfg.model.vocab_size, val_frac=cfg.data.val_frac, seed=cfg.train.seed,
-                           max_tokenizer_bytes=cfg.data.max_tokenizer_bytes)
 
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,

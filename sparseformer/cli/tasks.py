@@ -96,7 +96,7 @@ def eval_cmd(run: Path, spec: str, count: int, split: str, seed: int, batch_size
     """Score a trained RUN on the tasks: per task, the mean per-sequence contrast loss, accuracy and n pairs."""
     from tqdm import tqdm
 
-    from ..tasks import MAX_LEN, evaluate, resolve_tasks
+    from ..tasks import evaluate, max_prompt_len, resolve_tasks
     if count < 1:
         raise click.BadParameter("must be at least 1", param_hint="-n")
     if batch_size < 1:
@@ -106,8 +106,7 @@ def eval_cmd(run: Path, spec: str, count: int, split: str, seed: int, batch_size
     if loaded.tokenizer is None:
         raise TaskError(f"run {run} has no tokenizer; the task commands need one (train with a tokenizer, "
                         f"or copy tokenizer.json into the run directory)")
-    block_size = getattr(getattr(loaded.model, "config", None), "block_size", None)
-    max_len = min(MAX_LEN, block_size) if isinstance(block_size, int) else MAX_LEN
+    max_len = max_prompt_len(getattr(getattr(loaded.model, "config", None), "block_size", None))
     rows = []
     bar = tqdm(selected, desc="eval", unit="task", file=sys.stderr, disable=quiet or as_json or not sys.stderr.isatty())
     for task in bar:

@@ -1,4 +1,4 @@
-"""sparseformer.prune: circuit pruning with node masks (SPEC §5).
+"""sparseformer.prune: circuit pruning with node masks and mean ablation (docs/pruning.md).
 
     from sparseformer.checkpoint import load_run
     from sparseformer.prune import prune_task, write_outputs
@@ -6,17 +6,20 @@
     result = prune_task(run, "single_double_quote")          # target loss 0.15 per sequence, mean ablation
     json_path, html_path = write_outputs(run.path, result)   # circuits/TASK.json and the HTML viewer
 
-Modules: sites (mask sites, node ids), means (mean cache), ablate (masked forwards, frozen norms),
-search (mask training, bisection, calibration), edges, validate, snippets, circuit (end to end),
-outputs (files and the summary table), taskdata (the bridge to sparseformer.tasks).
+Modules: sites (node ids; the sites themselves are declared in sparseformer.sites), means (mean cache),
+ablate (masked forwards, frozen norms), search (mask training, bisection, calibration), circuit
+(find_circuits / find_circuit on any model), edges, validate, snippets, run (a run directory's task, means
+and snippets), outputs (files and the summary table).
 """
 
-from .circuit import CircuitResult, find_circuit, prune_task
-from .edges import circuit_edges, geometric_mean
+from .circuit import CircuitResult, MultiSearch, TargetSearch, find_circuit, find_circuits
+from .edges import circuit_edges, count_edges, geometric_mean
 from .means import compute_means, run_means
 from .outputs import read_circuit, summarize_circuits, write_outputs
+from .run import prune_targets, prune_task, task_pairs
 from .search import SearchSettings
 from .sites import mask_sites
 
-__all__ = ["CircuitResult", "SearchSettings", "circuit_edges", "compute_means", "find_circuit", "geometric_mean",
-           "mask_sites", "prune_task", "read_circuit", "run_means", "summarize_circuits", "write_outputs"]
+__all__ = ["CircuitResult", "MultiSearch", "SearchSettings", "TargetSearch", "circuit_edges", "compute_means",
+           "count_edges", "find_circuit", "find_circuits", "geometric_mean", "mask_sites", "prune_targets",
+           "prune_task", "read_circuit", "run_means", "summarize_circuits", "task_pairs", "write_outputs"]

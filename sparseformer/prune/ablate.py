@@ -20,11 +20,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..hooks import HookFn, replace
 from .sites import FINAL
-from .taskdata import TaskBatch, contrast_loss
+from ..tasks.dataset import TaskBatch
+from ..tasks.loss import contrast_loss
+
+
+def calibrated_loss(logits: Tensor, batch: TaskBatch, scale: Tensor | float = 1.0,
+                    shift: Tensor | float = 0.0) -> Tensor:
+    """The task suite's mean per-sequence contrast loss of last-position logits [2N, V] (A rows first), after
+    the optional calibration z -> scale * z plus `shift` on target A's logit. A shift of every logit alike
+    would cancel in the softmax, so the shift moves target A against the rest."""
+    z = logits.float() * scale
+    if torch.is_tensor(shift) or shift != 0:
+        tok = torch.cat([batch.target_a, batch.target_a]).to(z.device)
+        z = z + shift * F.one_hot(tok, z.shape[1]).to(z.dtype)
+    n = batch.n_pairs
+    return contrast_loss(z[:n], z[n:], batch.target_a, batch.target_b, batch.kind)
 
 
 def mask_hook(keep: Tensor, mean: Tensor) -> HookFn:
@@ -126,13 +141,13 @@ class Ablator:
 
     def loss(self, batch: TaskBatch, keep: dict[str, Tensor] | None, scale=1.0, shift=0.0) -> Tensor:
         """Per-sequence contrast loss (differentiable in keep)."""
-        return contrast_loss(self.logits(batch, keep), batch.to(self.device), scale, shift)
+        return calibrated_loss(self.logits(batch, keep), batch.to(self.device), scale, shift)
 
     @torch.no_grad()
     def eval_logits(self, batch: TaskBatch, keep: dict[str, Tensor] | None) -> tuple[Tensor, TaskBatch]:
         """Logits of a whole (large) batch in chunks, with the batch they line up with (A rows first)."""
         za, zb = [], []
-        for chunk in batch.chunks(self.eval_pairs):
+        for chunk in batch.batches(self.eval_pairs):
             z = self.logits(chunk, keep)
             za.append(z[:chunk.n_pairs])
             zb.append(z[chunk.n_pairs:])
@@ -141,7 +156,7 @@ class Ablator:
     @torch.no_grad()
     def eval_loss(self, batch: TaskBatch, keep: dict[str, Tensor] | None, scale=1.0, shift=0.0) -> float:
         z, b = self.eval_logits(batch, keep)
-        return float(contrast_loss(z, b, scale, shift))
+        return float(calibrated_loss(z, b, scale, shift))
 
 
 @contextmanager

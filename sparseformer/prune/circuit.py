@@ -1,32 +1,30 @@
-"""Pruning end to end: find a circuit for a task, validate it, count its edges (SPEC §5).
+"""Finding circuits on any model and task batches: `find_circuits` (several target losses, one mask training
+per trial) and `find_circuit` (one target, validated, with its edges). docs/pruning.md describes the method.
 
-`find_circuit` works on any model and task batches (the planted-circuit test uses it directly);
-`prune_task` adds what a run directory provides: the task's pairs, the mean cache and pretraining snippets.
-The result is a `CircuitResult`, whose `to_dict()` is the circuits/TASK.json document.
+`prune.run` adds what a run directory provides (the task's pairs, the mean cache, pretraining snippets).
+The result of `find_circuit` is a `CircuitResult`, whose `to_dict()` is the circuits/TASK.json document.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import PruneError, SparseformerError
-from .ablate import Ablator, frozen_params
-from .edges import Edge, circuit_edges, embedding_edges, unembedding_edges
-from .search import SearchSettings, calibrate, search_circuit, trial_settings
-from .sites import channel_label, mask_sites, node_ids, parse_node_id, split_flat
-from .taskdata import TaskBatch, contrast_loss
+from ..errors import PruneError
+from ..tasks.dataset import TaskBatch
+from .ablate import Ablator, calibrated_loss, frozen_params
+from .edges import Edge, circuit_edges, count_edges, embedding_edges, unembedding_edges
+from .search import SearchOutcome, SearchSettings, calibrate, search_circuit, trial_settings
+from .sites import channel_label, mask_sites, n_nodes, node_ids, parse_node_id, split_flat
 from .validate import validate
 
 log = logging.getLogger(__name__)
-
-ABLATIONS = ("mean", "zero")
 
 
 @dataclass
@@ -76,45 +74,87 @@ def _zero_means(sites: dict[str, int]) -> dict[str, Tensor]:
     return {s: torch.zeros(w) for s, w in sites.items()}
 
 
-def find_circuit(model: nn.Module, train: TaskBatch, test: TaskBatch, means: dict[str, Tensor] | None, *,
-                 task: str = "task", target_loss: float = 0.15, trials: int = 1,
-                 settings: SearchSettings | None = None, seed: int = 0, freeze_norms: bool = False,
-                 calibrate_logits: bool = False, progress: bool = False, n_random: int = 3,
-                 max_node_ablations: int = 64, node_pairs: int = 16) -> CircuitResult:
-    """Prune `model` for the pairs of `train` (mask search) and `test` (bisection and every reported loss).
+@dataclass
+class TargetSearch:
+    """The best circuit the trials found for one target loss (None when the unpruned model misses it)."""
+    target: float
+    best: SearchOutcome | None = None
+    best_trial: int | None = None
+    edges: int | None = None
+    trials: list[dict] = field(default_factory=list)      # one row per trial: trial, edges, nodes, loss, ...
 
-    means=None means zero ablation. Runs `trials` searches (trial 0 at `settings`, the rest drawn around
-    it) and keeps the circuit with the fewest edges (then nodes). Raises PruneError if the unpruned model
-    does not reach `target_loss`.
-    """
+
+@dataclass
+class MultiSearch:
+    """What `find_circuits` found: the unpruned loss, the node count and one TargetSearch per target."""
+    full_loss: float
+    n_nodes: int
+    targets: list[TargetSearch]
+    ablator: Ablator
+    sites: dict[str, int]
+    test: TaskBatch
+
+
+def find_circuits(model: nn.Module, train: TaskBatch, test: TaskBatch, means: dict[str, Tensor] | None, *,
+                  targets: Sequence[float], trials: int = 1, settings: SearchSettings | None = None, seed: int = 0,
+                  freeze_norms: bool = False, calibrate_logits: bool = False, progress: bool = False) -> MultiSearch:
+    """Prune `model` at several target losses at once: each trial trains masks on `train` once and bisects
+    on `test` for every target; per target the circuit with the fewest edges (then nodes) wins.
+
+    means=None means zero ablation. Trial 0 runs at `settings`, the rest drawn around it. A target the
+    unpruned model does not reach gets no circuit, and no masks are trained when none is reachable.
+    The caller holds the model's parameters frozen (`frozen_params`)."""
     if trials < 1:
         raise PruneError(f"--trials {trials}: need at least one trial")
     settings = settings or SearchSettings()
     sites = mask_sites(model.config)
     test = test.sorted_by_length()                       # evaluation chunks of similar lengths pad little
     ablator = Ablator(model, means if means is not None else _zero_means(sites), freeze_norms=freeze_norms)
+    z, b = ablator.eval_logits(test, None)
+    full_loss = calibrate(z, b)[2] if calibrate_logits else float(calibrated_loss(z, b))
+    found = [TargetSearch(t) for t in targets]
+    reachable = [f for f in found if full_loss <= f.target]
+    for t in range(trials if reachable else 0):
+        s = trial_settings(settings, t, seed)
+        outs = search_circuit(ablator, sites, train, test, s, targets=[f.target for f in reachable],
+                              calibrated=calibrate_logits, seed=seed + t, progress=progress)
+        for f, out in zip(reachable, outs):
+            edges = count_edges(model, out.kept)
+            f.trials.append({"trial": t, "edges": edges, "nodes": out.nodes, "loss": out.loss, **s.to_dict(),
+                             "time_s": out.timings_s})
+            if f.best is None or (edges, out.nodes, out.loss) < (f.edges, f.best.nodes, f.best.loss):
+                f.best, f.best_trial, f.edges = out, t, edges
+    return MultiSearch(full_loss=full_loss, n_nodes=n_nodes(sites), targets=found, ablator=ablator, sites=sites,
+                       test=test)
+
+
+def find_circuit(model: nn.Module, train: TaskBatch, test: TaskBatch, means: dict[str, Tensor] | None, *,
+                 task: str = "task", target_loss: float = 0.15, trials: int = 1,
+                 settings: SearchSettings | None = None, seed: int = 0, freeze_norms: bool = False,
+                 calibrate_logits: bool = False, progress: bool = False, n_random: int = 3,
+                 max_node_ablations: int = 64, node_pairs: int = 16) -> CircuitResult:
+    """Prune `model` for the pairs of `train` (mask search) and `test` (bisection and every reported loss),
+    then validate the circuit (see find_circuits; raises PruneError if the unpruned model does not reach
+    `target_loss`)."""
     t0 = time.perf_counter()
     with frozen_params(model):
-        z, b = ablator.eval_logits(test, None)
-        full_loss = calibrate(z, b)[2] if calibrate_logits else float(contrast_loss(z, b))
-        if not full_loss <= target_loss:
-            raise PruneError(f"the unpruned model's loss on {task} is {full_loss:.4f} per sequence, above the "
-                             f"target {target_loss:g}; raise --target-loss above it or train the model longer")
-        outcomes = []
-        for t in range(trials):
-            s = trial_settings(settings, t, seed)
-            out = search_circuit(ablator, sites, train, test, s, target_loss=target_loss,
-                                 calibrated=calibrate_logits, seed=seed + t, progress=progress)
-            outcomes.append((circuit_edges(model, out.kept), out, t))
-        (edges, bias_edges), best, best_t = min(outcomes, key=lambda o: (len(o[0][0]), o[1].nodes, o[1].loss, o[2]))
+        search = find_circuits(model, train, test, means, targets=[target_loss], trials=trials, settings=settings,
+                               seed=seed, freeze_norms=freeze_norms, calibrate_logits=calibrate_logits,
+                               progress=progress)
+        found = search.targets[0]
+        if found.best is None:
+            raise PruneError(f"the unpruned model's loss on {task} is {search.full_loss:.4f} per sequence, above "
+                             f"the target {target_loss:g}; raise --target-loss above it or train the model longer")
+        best, test, sites = found.best, search.test, search.sites
         t1 = time.perf_counter()
-        v = validate(ablator, sites, best.kept, test, scale=best.scale, shift=best.shift, n_random=n_random,
+        v = validate(search.ablator, sites, best.kept, test, scale=best.scale, shift=best.shift, n_random=n_random,
                      max_node_ablations=max_node_ablations, node_pairs=node_pairs, seed=seed)
         log.info("validation took %.1f s", time.perf_counter() - t1)
-    targets = sorted(set(test.tok.tolist()) | (set(test.alt.tolist()) if test.kind == "binary" else set()))
+    edges, bias_edges = circuit_edges(model, best.kept)
+    targets = sorted(set(test.target_a.tolist()) | (set(test.target_b.tolist()) if test.kind == "binary" else set()))
     unembed = unembedding_edges(model, best.kept, targets)
     tau = split_flat(best.tau, sites)
-    abl_means = ablator.means
+    abl_means = search.ablator.means
     node_info = []
     for nid in node_ids(best.kept, sites):
         site, c = parse_node_id(nid)
@@ -123,58 +163,20 @@ def find_circuit(model: nn.Module, train: TaskBatch, test: TaskBatch, means: dic
                           "ablation_loss": v.node_losses.get(nid)})     # the circuit without this node
     cfg = model.config
     return CircuitResult(
-        task=task, target_loss=target_loss, full_loss=full_loss, loss=v.loss, necessity_loss=v.necessity_loss,
-        random_loss=v.random_loss, ablated_loss=v.ablated_loss, nodes=best.nodes, edges=len(edges),
-        bias_edges=len(bias_edges), embedding_edges=embedding_edges(model, best.kept, test.prompt_tokens()),
-        unembedding_edges=len(unembed), kept=best.kept, edge_list=edges, bias_edge_list=bias_edges,
-        unembedding_edge_list=unembed, node_info=node_info, random_losses=v.random_losses,
+        task=task, target_loss=target_loss, full_loss=search.full_loss, loss=v.loss,
+        necessity_loss=v.necessity_loss, random_loss=v.random_loss, ablated_loss=v.ablated_loss, nodes=best.nodes,
+        edges=len(edges), bias_edges=len(bias_edges),
+        embedding_edges=embedding_edges(model, best.kept, test.prompt_tokens()), unembedding_edges=len(unembed),
+        kept=best.kept, edge_list=edges, bias_edge_list=bias_edges, unembedding_edge_list=unembed,
+        node_info=node_info, random_losses=v.random_losses,
         calibration={"scale": best.scale, "shift": best.shift} if calibrate_logits else None,
         settings={"ablation": "mean" if means is not None else "zero", "freeze_norms": freeze_norms,
-                  "calibrate": calibrate_logits, "trials": trials, "seed": seed, "best_trial": best_t,
+                  "calibrate": calibrate_logits, "trials": trials, "seed": seed, "best_trial": found.best_trial,
                   "search": best.settings.to_dict(), "train_pairs": train.n_pairs, "eval_pairs": test.n_pairs,
                   "kind": test.kind, "node_ablation_pairs": min(node_pairs, test.n_pairs),
                   "max_node_ablations": max_node_ablations, "time_s": round(time.perf_counter() - t0, 2)},
-        trials=[{"trial": t, "edges": len(e), "nodes": o.nodes, "loss": o.loss, **o.settings.to_dict(),
-                 "time_s": o.timings_s} for (e, _), o, t in outcomes],
+        trials=found.trials,
         history=best.history,
         model={k: getattr(cfg, k) for k in ("n_layer", "d_model", "n_head", "d_head", "d_mlp", "vocab_size")},
         targets={str(t): str(t) for t in targets},
     )
-
-
-def prune_task(run, task_name: str, *, target_loss: float = 0.15, ablation: str = "mean", trials: int = 1,
-               steps: int | None = None, seed: int = 0, freeze_norms: bool = False, calibrate: bool = False,
-               progress: bool = True, n_train: int = 512, n_test: int = 64, mean_tokens: int = 32768,
-               snippet_tokens: int = 16384, settings: SearchSettings | None = None) -> CircuitResult:
-    """Prune the model of a loaded run (`checkpoint.load_run`) for one task; see find_circuit."""
-    from .means import pretraining_batches, run_means
-    from .snippets import top_snippets
-    from .taskdata import MAX_PROMPT_TOKENS, load_task, task_batches
-    if ablation not in ABLATIONS:
-        raise PruneError(f"--ablation {ablation!r} is unknown; choose one of {', '.join(ABLATIONS)}")
-    if not target_loss > 0:
-        raise PruneError(f"--target-loss {target_loss} must be positive (a per-sequence loss, e.g. 0.15)")
-    t0 = time.perf_counter()
-    task = load_task(task_name)
-    train, test = task_batches(task, run.tokenizer, n_train=n_train, n_test=n_test, seed=seed,
-                               max_len=min(MAX_PROMPT_TOKENS, run.config.model.block_size))
-    settings = settings or SearchSettings()
-    if steps is not None:
-        settings = dataclasses.replace(settings, steps=steps)
-    means = run_means(run, n_tokens=mean_tokens) if ablation == "mean" else None
-    log.info("task pairs and means took %.1f s", time.perf_counter() - t0)
-    result = find_circuit(run.model, train, test, means, task=task_name, target_loss=target_loss, trials=trials,
-                          settings=settings, seed=seed, freeze_norms=freeze_norms, calibrate_logits=calibrate,
-                          progress=progress)
-    tok = run.tokenizer
-    result.targets = {t: tok.decode([int(t)]) for t in result.targets}
-    result.run, result.step = str(run.path), run.step
-    result.settings["mean_tokens"] = mean_tokens if ablation == "mean" else None
-    t0 = time.perf_counter()
-    try:
-        batches = pretraining_batches(run, snippet_tokens, run.config.train.seq_len, seed=4321)
-        result.snippets = top_snippets(run.model, batches, result.kept, decode=lambda t: tok.decode([t]))
-    except (SparseformerError, OSError) as e:   # snippets are a convenience; never lose a circuit over them
-        log.warning("no pretraining snippets for the viewer: %s", e)
-    log.info("snippets took %.1f s", time.perf_counter() - t0)
-    return result

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import atomic_save_tensors, load_tensors
+from ..data.for_config import load_dataset
 from ..errors import CheckpointError
 from ..hooks import record
 from .sites import mask_sites
@@ -48,7 +49,6 @@ def compute_means(model: torch.nn.Module, batches: Iterable[Tensor], sites: Iter
 
 def pretraining_batches(run, n_tokens: int, seq_len: int, batch_size: int = 16, seed: int = 1234) -> Iterator[Tensor]:
     """Token batches from the run's pretraining corpus (train split) totalling at least n_tokens."""
-    from ..train import load_dataset
     dataset = load_dataset(run.config, run.tokenizer)
     seq_len = min(seq_len, run.config.model.block_size)
     n_batches = max(1, -(-n_tokens // (batch_size * seq_len)))

@@ -15,15 +15,15 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor
 
-from .ablate import Ablator
+from ..tasks.dataset import TaskBatch
+from .ablate import Ablator, calibrated_loss
 from .sites import kept_from_flat, n_nodes, split_flat
-from .taskdata import TaskBatch, contrast_loss
 
 log = logging.getLogger(__name__)
 
@@ -121,20 +121,20 @@ def calibrate(logits: Tensor, batch: TaskBatch, steps: int = 16) -> tuple[float,
     """Fit a > 0 and b of z -> a z (+ b on the target-A logit) with `steps` LBFGS iterations;
     returns (a, b, loss). Falls back to (1, 0) if the fit does not lower the loss."""
     logits = logits.detach().float()
-    base = float(contrast_loss(logits, batch))
+    base = float(calibrated_loss(logits, batch))
     log_a = torch.zeros((), device=logits.device, requires_grad=True)
     b = torch.zeros((), device=logits.device, requires_grad=True)
     opt = torch.optim.LBFGS([log_a, b], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = contrast_loss(logits, batch, log_a.exp(), b)
+        loss = calibrated_loss(logits, batch, log_a.exp(), b)
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
-        loss = float(contrast_loss(logits, batch, log_a.exp(), b))
+        loss = float(calibrated_loss(logits, batch, log_a.exp(), b))
     if not math.isfinite(loss) or loss >= base:
         return 1.0, 0.0, base
     return float(log_a.detach().exp()), float(b.detach()), loss
@@ -155,7 +155,7 @@ def circuit_loss_fn(ablator: Ablator, sites: dict[str, int], batch: TaskBatch, r
                 a, s, loss = calibrate(z, b)
                 cache[k] = (loss, a, s)
             else:
-                cache[k] = (float(contrast_loss(z, b)), 1.0, 0.0)
+                cache[k] = (float(calibrated_loss(z, b)), 1.0, 0.0)
         return cache[k]
 
     return loss_at
@@ -182,22 +182,27 @@ def rank_nodes(tau: Tensor) -> Tensor:
 
 
 def search_circuit(ablator: Ablator, sites: dict[str, int], train: TaskBatch, test: TaskBatch,
-                   settings: SearchSettings, *, target_loss: float, calibrated: bool = False, seed: int = 0,
-                   progress: bool = False) -> SearchOutcome:
-    """One trial: train masks, then bisect k on the evaluation pairs `test`."""
+                   settings: SearchSettings, *, targets: Sequence[float], calibrated: bool = False, seed: int = 0,
+                   progress: bool = False) -> list[SearchOutcome]:
+    """One trial: train masks once, then bisect k on the evaluation pairs `test` for each target loss
+    (one outcome per target, in order; they share tau and history)."""
     t0 = time.perf_counter()
     tau, history = train_masks(ablator, sites, train, settings, seed=seed, progress=progress)
     t1 = time.perf_counter()
     ranking = rank_nodes(tau)
     loss_at = circuit_loss_fn(ablator, sites, test, ranking, calibrated)
-    k = bisect_nodes(loss_at, n_nodes(sites), target_loss)
-    loss, a, b = loss_at(k)
-    kept = kept_from_flat(ranking[:k].tolist(), sites)
-    timings = {"masks": round(t1 - t0, 2), "bisect": round(time.perf_counter() - t1, 2)}
-    log.info("trial k_coef=%.2g lr=%.2g: %d nodes (%d with tau > 0 after training), loss %.4f; %s",
-             settings.k_coef, settings.lr, k, int((tau > 0).sum()), loss, timings)
-    return SearchOutcome(settings=settings, tau=tau, kept=kept, loss=loss, scale=a, shift=b, history=history,
-                         timings_s=timings)
+    outcomes = []
+    for target in targets:
+        t2 = time.perf_counter()
+        k = bisect_nodes(loss_at, n_nodes(sites), target)
+        loss, a, b = loss_at(k)
+        kept = kept_from_flat(ranking[:k].tolist(), sites)
+        timings = {"masks": round(t1 - t0, 2), "bisect": round(time.perf_counter() - t2, 2)}
+        log.info("trial k_coef=%.2g lr=%.2g, target %g: %d nodes (%d with tau > 0 after training), loss %.4f; %s",
+                 settings.k_coef, settings.lr, target, k, int((tau > 0).sum()), loss, timings)
+        outcomes.append(SearchOutcome(settings=settings, tau=tau, kept=kept, loss=loss, scale=a, shift=b,
+                                      history=history, timings_s=timings))
+    return outcomes
 
 
 def trial_settings(base: SearchSettings, trial: int, seed: int = 0) -> SearchSettings:

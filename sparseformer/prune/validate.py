@@ -19,7 +19,7 @@ import torch
 
 from .ablate import Ablator
 from .sites import flat_from_kept, node_ids, split_flat
-from .taskdata import TaskBatch
+from ..tasks.dataset import TaskBatch
 
 
 @dataclass

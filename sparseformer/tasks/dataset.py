@@ -76,50 +76,105 @@ def make_split(task: Task, split: str = "test", n: int = 512, seed: int = 0) -> 
 
 @dataclass(frozen=True)
 class TaskBatch:
-    """Token tensors for the pairs of one task (all int64; N pairs).
+    """The token rows of N pairs of one task: rows [0, N) are the A prompts, rows [N, 2N) their B twins in the
+    same order, right-padded with PAD_ID; each prompt's prediction is read at its row's `last` position.
 
-    tokens_a [N, Ta] / tokens_b [N, Tb]: right-padded with PAD_ID; lengths_a/_b [N]: real lengths, so
-    each prompt's prediction is read at position length - 1. target_a/_b [N]: token ids to score.
-    """
+    The one representation of task data: evaluation, pruning and the sweep all take it."""
 
-    task: str
-    kind: str
-    tokens_a: Tensor
-    lengths_a: Tensor
-    tokens_b: Tensor
-    lengths_b: Tensor
-    target_a: Tensor
-    target_b: Tensor
-    pairs: tuple[Pair, ...]
-    n_dropped: int = 0
+    idx: Tensor                     # [2N, T] int64
+    last: Tensor                    # [2N] position of each row's last real token
+    target_a: Tensor                # [N] the token prompt A must predict
+    target_b: Tensor                # [N] the token prompt B must predict (full_vocab: an example, unscored)
+    kind: str = "binary"
+    task: str = "task"
+    pairs: tuple[Pair, ...] = ()    # the text pairs (empty for a batch built from token ids)
+    n_dropped: int = 0              # pairs the tokenizer could not express (see encode_pairs)
 
     def __len__(self) -> int:
         return self.target_a.shape[0]
 
+    @property
+    def n_pairs(self) -> int:
+        return len(self)
+
+    @property
+    def lengths_a(self) -> Tensor:
+        return self.last[:len(self)] + 1
+
+    @property
+    def lengths_b(self) -> Tensor:
+        return self.last[len(self):] + 1
+
+    @property
+    def tokens_a(self) -> Tensor:
+        """[N, Ta] the A prompts, padded to the longest of them."""
+        return self.idx[:len(self), :int(self.lengths_a.max()) if len(self) else 0]
+
+    @property
+    def tokens_b(self) -> Tensor:
+        return self.idx[len(self):, :int(self.lengths_b.max()) if len(self) else 0]
+
     def to(self, device) -> TaskBatch:
         """The same batch with every tensor on `device`."""
-        return replace(self, **{f: getattr(self, f).to(device) for f in _TENSOR_FIELDS})
+        return replace(self, idx=self.idx.to(device), last=self.last.to(device),
+                       target_a=self.target_a.to(device), target_b=self.target_b.to(device))
 
     def select(self, index: Sequence[int] | Tensor | slice) -> TaskBatch:
-        """The pairs at `index`, with padding trimmed to the longest selected prompt."""
+        """The pairs at `index` (both sides), with padding trimmed to the longest selected prompt."""
         if isinstance(index, slice):
             index = range(len(self))[index]
-        idx = torch.as_tensor(list(index) if not isinstance(index, Tensor) else index, dtype=torch.long)
-        la, lb = self.lengths_a[idx.to(self.lengths_a.device)], self.lengths_b[idx.to(self.lengths_b.device)]
-        ta = int(la.max()) if len(idx) else 0
-        tb = int(lb.max()) if len(idx) else 0
-        i = idx.to(self.tokens_a.device)
-        return replace(self, tokens_a=self.tokens_a[i, :ta], lengths_a=la, tokens_b=self.tokens_b[i, :tb],
-                       lengths_b=lb, target_a=self.target_a[i], target_b=self.target_b[i],
-                       pairs=tuple(self.pairs[j] for j in idx.tolist()))
+        pairs = torch.as_tensor(index if isinstance(index, Tensor) else list(index), dtype=torch.long)
+        pairs = pairs.to(self.idx.device)
+        rows = torch.cat([pairs, pairs + len(self)])
+        last = self.last[rows]
+        T = int(last.max()) + 1 if len(rows) else 0
+        return replace(self, idx=self.idx[rows, :T], last=last, target_a=self.target_a[pairs],
+                       target_b=self.target_b[pairs],
+                       pairs=tuple(self.pairs[j] for j in pairs.tolist()) if self.pairs else ())
 
     def batches(self, batch_size: int) -> Iterator[TaskBatch]:
         """Consecutive sub-batches of at most batch_size pairs."""
         for start in range(0, len(self), batch_size):
             yield self.select(slice(start, start + batch_size))
 
+    def pair_lengths(self) -> Tensor:
+        """[N] the longer prompt of each pair, in tokens."""
+        return (self.last + 1).view(2, -1).max(0).values
 
-_TENSOR_FIELDS = ("tokens_a", "lengths_a", "tokens_b", "lengths_b", "target_a", "target_b")
+    def sorted_by_length(self) -> TaskBatch:
+        """The same pairs, shortest first, so consecutive sub-batches pad little."""
+        return self.select(torch.sort(self.pair_lengths(), stable=True).indices)
+
+    def prompt_tokens(self) -> list[int]:
+        """Distinct token ids that occur in the prompts."""
+        mask = torch.arange(self.idx.shape[1], device=self.idx.device)[None] <= self.last[:, None]
+        return sorted(int(t) for t in self.idx[mask].unique())
+
+    @classmethod
+    def from_token_pairs(cls, pairs: Sequence[tuple[Sequence[int], int, Sequence[int], int]], *,
+                         kind: str = "binary", task: str = "task", max_len: int = MAX_LEN) -> TaskBatch:
+        """Build from (ids_a, target_a, ids_b, target_b) tuples; prompts are left-truncated to max_len."""
+        if not pairs:
+            raise TaskError("no pairs to build a batch from")
+        rows = [list(p[0])[-max_len:] for p in pairs] + [list(p[2])[-max_len:] for p in pairs]
+        if any(len(r) == 0 for r in rows):
+            raise TaskError("a task prompt encodes to zero tokens; every prompt needs text")
+        return _stack(rows, [p[1] for p in pairs], [p[3] for p in pairs], kind=kind, task=task)
+
+
+def _stack(rows: list[list[int]], target_a: list[int], target_b: list[int], **fields) -> TaskBatch:
+    """A TaskBatch from the A rows followed by the B rows (token id lists)."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    idx = torch.full((len(rows), int(lengths.max()) if rows else 0), PAD_ID, dtype=torch.long)
+    for i, r in enumerate(rows):
+        idx[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return TaskBatch(idx=idx, last=lengths - 1, target_a=torch.tensor(target_a, dtype=torch.long),
+                     target_b=torch.tensor(target_b, dtype=torch.long), **fields)
+
+
+def max_prompt_len(block_size: int | None) -> int:
+    """How many tokens of a prompt a model sees: MAX_LEN, or its context when that is shorter."""
+    return min(MAX_LEN, block_size) if isinstance(block_size, int) else MAX_LEN
 
 
 def first_token(tokenizer, text: str) -> int:
@@ -128,14 +183,6 @@ def first_token(tokenizer, text: str) -> int:
     if not ids:
         raise TaskError(f"target {text!r} encodes to no tokens; targets need text")
     return ids[0]
-
-
-def _pad(rows: list[list[int]]) -> tuple[Tensor, Tensor]:
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    out = torch.full((len(rows), int(lengths.max()) if rows else 0), PAD_ID, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    return out, lengths
 
 
 def _show(tokenizer, tok: int) -> str:
@@ -202,13 +249,12 @@ def encode_pairs(pairs: Sequence[Pair], tokenizer, *, task: str = "task", kind: 
     if dropped:
         log.warning("task %s: dropped %d of %d pairs (%d with targets sharing a first token, %d with a target "
                     "that merges into the prompt)", task, dropped, len(pairs), len(collide), len(merge))
-    tokens_a, lengths_a = _pad(rows_a)
-    tokens_b, lengths_b = _pad(rows_b)
-    return TaskBatch(task=task, kind=kind, tokens_a=tokens_a, lengths_a=lengths_a, tokens_b=tokens_b,
-                     lengths_b=lengths_b, target_a=torch.tensor(tgt_a, dtype=torch.long),
-                     target_b=torch.tensor(tgt_b, dtype=torch.long), pairs=tuple(kept), n_dropped=dropped)
+    return _stack(rows_a + rows_b, tgt_a, tgt_b, kind=kind, task=task, pairs=tuple(kept), n_dropped=dropped)
 
 
 def make_batch(task: Task, tokenizer, split: str = "test", n: int = 512, seed: int = 0, **kwargs) -> TaskBatch:
     """make_split + encode_pairs: the token tensors of n pairs of `task`."""
+    if tokenizer is None:
+        raise TaskError("no tokenizer, so task prompts cannot be encoded; a run needs the tokenizer.json its "
+                        "model was trained with")
     return encode_pairs(make_split(task, split, n, seed), tokenizer, task=task.name, kind=task.kind, **kwargs)

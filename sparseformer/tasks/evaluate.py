@@ -17,8 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from ..errors import TaskError
-from .dataset import MAX_LEN, PAD_ID, TaskBatch, make_batch
+from .dataset import MAX_LEN, TaskBatch, make_batch, max_prompt_len
 from .loss import contrast_correct, contrast_losses
 from .registry import Task, resolve_tasks
 
@@ -48,16 +47,11 @@ def task_logits(model, batch: TaskBatch) -> tuple[Tensor, Tensor]:
 
     A and B prompts go through the model as one right-padded batch of 2N rows.
     """
-    device = _device_of(model) if isinstance(model, nn.Module) else batch.tokens_a.device
-    n = len(batch)
-    width = max(batch.tokens_a.shape[1], batch.tokens_b.shape[1])
-    idx = torch.full((2 * n, width), PAD_ID, dtype=torch.long, device=device)
-    idx[:n, :batch.tokens_a.shape[1]] = batch.tokens_a.to(device)
-    idx[n:, :batch.tokens_b.shape[1]] = batch.tokens_b.to(device)
-    last = torch.cat([batch.lengths_a, batch.lengths_b]).to(device) - 1
-    logits = _forward_logits(model, idx)                                # [2N, T, V]
-    picked = logits[torch.arange(2 * n, device=logits.device), last.to(logits.device)]  # [2N, V]
-    return picked[:n], picked[n:]
+    device = _device_of(model) if isinstance(model, nn.Module) else batch.idx.device
+    batch = batch.to(device)
+    logits = _forward_logits(model, batch.idx)                          # [2N, T, V]
+    picked = logits[torch.arange(2 * len(batch), device=logits.device), batch.last.to(logits.device)]
+    return picked[:len(batch)], picked[len(batch):]
 
 
 def task_loss(model, batch: TaskBatch) -> Tensor:
@@ -69,10 +63,8 @@ def task_loss(model, batch: TaskBatch) -> Tensor:
 def evaluate_batch(model, batch: TaskBatch, *, batch_size: int = 32) -> dict:
     """loss (mean per sequence), accuracy (fraction of sequences right) and n (pairs) on one TaskBatch."""
     losses, right = [], []
-    order = torch.maximum(batch.lengths_a, batch.lengths_b).argsort(stable=True)  # similar lengths together:
-    chunks = [batch.select(order[i:i + batch_size]) for i in range(0, len(batch), batch_size)]  # less padding
     with torch.no_grad():
-        for sub in chunks:
+        for sub in batch.sorted_by_length().batches(batch_size):       # similar lengths together: less padding
             la, lb = task_logits(model, sub)
             tok_a, tok_b = sub.target_a.to(la.device), sub.target_b.to(la.device)
             losses.append(contrast_losses(la, lb, tok_a, tok_b, sub.kind).cpu())
@@ -90,11 +82,7 @@ def evaluate(model, tokenizer, tasks: str | Task | Iterable[str | Task] | None =
     contrast loss in nats, accuracy the fraction of the 2n sequences whose correct token wins. Prompts
     are left-truncated to max_len tokens (255, SPEC §4.1), and to the model's block_size when that is shorter.
     """
-    if tokenizer is None:
-        raise TaskError("no tokenizer given; the task commands need the run's tokenizer to encode prompts")
-    context = getattr(getattr(model, "config", None), "block_size", None)
-    if isinstance(context, int):        # a model sees at most its own context
-        max_len = min(max_len, context)
+    max_len = min(max_len, max_prompt_len(getattr(getattr(model, "config", None), "block_size", None)))
     results = []
     for task in resolve_tasks(tasks):
         batch = make_batch(task, tokenizer, split=split, n=n, seed=seed, max_len=max_len)

@@ -183,3 +183,11 @@ def resolve_tasks(spec: str | Task | Iterable[str | Task] | None) -> list[Task]:
             seen.add(t.name)
             unique.append(t)
     return unique
+
+
+def resolve_task(spec: str | Task) -> Task:
+    """Exactly one task (a name, a Task or a .jsonl path); TaskError when `spec` names none or several."""
+    tasks = resolve_tasks(spec)
+    if len(tasks) != 1:
+        raise TaskError(f"give one task at a time; {spec!r} names {len(tasks)}")
+    return tasks[0]

@@ -21,7 +21,7 @@ from sparseformer.config import ModelConfig
 from sparseformer.model import GPT
 from sparseformer.prune.means import compute_means
 from sparseformer.prune.sites import mask_sites
-from sparseformer.prune.taskdata import TaskBatch
+from sparseformer.tasks import TaskBatch
 
 PLANTED_NODES = {"0.attn.act_in": [0], "0.attn.v": [0], "0.attn.resid_delta": [1], "0.mlp.act_in": [1],
                  "0.mlp.post_act": [3], "0.mlp.resid_delta": [2], "final_resid": [2]}

@@ -11,7 +11,7 @@ from sparseformer.model import GPT
 from sparseformer.prune.ablate import Ablator
 from sparseformer.prune.edges import edge_matrices
 from sparseformer.sites import LAYER_SITES, Site, abstopk_widths, mask_sites, site_spec, viewer_layout
-from sparseformer.prune.taskdata import TaskBatch
+from sparseformer.tasks import TaskBatch
 
 
 def small(**kw) -> ModelConfig:

@@ -18,7 +18,8 @@ from sparseformer.prune.means import MEANS_FILE, compute_means, run_means
 from sparseformer.prune.search import bisect_nodes, calibrate, heaviside, rank_nodes
 from sparseformer.prune.sites import (channel_label, flat_from_kept, keep_masks, kept_from_flat, mask_sites,
                                       n_nodes)
-from sparseformer.prune.taskdata import TaskBatch, contrast_loss
+from sparseformer.prune.ablate import calibrated_loss
+from sparseformer.tasks import TaskBatch
 from sparseformer.prune.validate import random_circuit
 
 
@@ -160,7 +161,7 @@ def test_contrast_loss_calibration_matches_the_formula():
     a, b = 1.7, -0.3
     d = a * (z[:, 3] - z[:, 5]) + b
     expect = torch.cat([F.softplus(-d[:2]), F.softplus(d[2:])]).mean()
-    torch.testing.assert_close(contrast_loss(z, batch, a, b), expect)
+    torch.testing.assert_close(calibrated_loss(z, batch, a, b), expect)
 
 
 def test_calibration_lowers_the_loss_of_underconfident_logits():
@@ -169,7 +170,7 @@ def test_calibration_lowers_the_loss_of_underconfident_logits():
     z[:8, 3], z[8:, 5] = 0.2, 0.2                     # right but timid
     z[:, 3] += 0.1                                    # and biased towards token 3
     a, b, loss = calibrate(z, batch)
-    assert a > 1 and loss < float(contrast_loss(z, batch)) and b < 0
+    assert a > 1 and loss < float(calibrated_loss(z, batch)) and b < 0
 
 
 def test_calibration_never_flips_the_sign():
