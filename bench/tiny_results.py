@@ -32,38 +32,21 @@ def _git_commit() -> str:
 
 
 def one_model(name: str, run_dir: Path, dense: bool, task: str, eval_pairs: int) -> dict:
-    from sparseformer.checkpoint import load_run, read_state
+    """Train (or reuse), evaluate and prune one tiny model with sparseformer.pipeline.run_pipeline."""
     from sparseformer.cli.train import run_info
     from sparseformer.config import apply_overrides, get_preset
-    from sparseformer.errors import PruneError
-    from sparseformer.prune import prune_task, write_outputs
-    from sparseformer.tasks import evaluate
-    from sparseformer.train import train
+    from sparseformer.pipeline import run_pipeline
 
     cfg = apply_overrides(get_preset("tiny"), ["train.device=cpu"] + (["sparsity.dense=true"] if dense else []))
-    t0 = time.perf_counter()
-    if not read_state(run_dir).get("finished"):
-        train(cfg, run_dir, force=True, progress=False)
-    train_s = time.perf_counter() - t0
-    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    val = [m["val_loss"] for m in metrics if "val_loss" in m]
+    s = run_pipeline(cfg, run_dir, task=task, eval_pairs=eval_pairs, progress=False, fallback=False)
+    circuit = dict(s["circuit"])
+    if "error" not in circuit:
+        circuit["prune_seconds"] = s["seconds"]["prune"]
     info = run_info(run_dir)
-    run = load_run(run_dir)
-    rows = evaluate(run.model, run.tokenizer, "all", n=eval_pairs)
-    t1 = time.perf_counter()
-    try:
-        res = prune_task(run, task, progress=False)
-        json_path, html_path = write_outputs(run.path, res)
-        circuit = {"task": task, "target_loss": res.target_loss, "full_loss": res.full_loss, "loss": res.loss,
-                   "necessity_loss": res.necessity_loss, "random_loss": res.random_loss, "nodes": res.nodes,
-                   "edges": res.edges, "bias_edges": res.bias_edges, "sufficient": res.sufficient,
-                   "prune_seconds": round(time.perf_counter() - t1, 1),
-                   "json": str(json_path), "viewer": str(html_path)}
-    except PruneError as e:     # e.g. the unpruned model does not reach the target: record it, go on
-        circuit = {"task": task, "error": str(e)}
+    rows = s["eval"]
     return {
-        "name": name, "run": str(run_dir), "dense": dense, "steps": run.step, "train_seconds": round(train_s, 1),
-        "final_val_loss": val[-1] if val else None,
+        "name": name, "run": str(run_dir), "dense": dense, "steps": s["step"], "train_seconds": s["seconds"]["train"],
+        "final_val_loss": s["val_loss"],
         "weight_density": weight_density(info),
         "total_nonzero": info["total_nonzero"], "total_params": info["total_params"],
         "all_at_k": info["all_at_k"],

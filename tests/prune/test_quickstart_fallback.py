@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import sparseformer.prune as prune
-from sparseformer.cli.quickstart import RELAXED_FACTOR, _prune_with_fallback
+import sparseformer.pipeline as pipeline
+from sparseformer.pipeline import RELAXED_FACTOR, check_reusable, prune_with_fallback
 from sparseformer.errors import PruneError
 
 ROWS = [{"task": "for_while", "loss": 0.5}, {"task": "else_elif", "loss": 0.2}, {"task": "var_if", "loss": 0.9}]
@@ -13,8 +13,8 @@ ROWS = [{"task": "for_while", "loss": 0.5}, {"task": "else_elif", "loss": 0.2}, 
 
 def test_reachable_task_is_pruned_at_the_paper_target_without_a_note(monkeypatch):
     calls = []
-    monkeypatch.setattr(prune, "prune_task", lambda run, task, **kw: calls.append((task, kw)) or "circuit")
-    result, note = _prune_with_fallback("run", "single_double_quote", ROWS, progress=False)
+    monkeypatch.setattr(pipeline, "prune_task", lambda run, task, **kw: calls.append((task, kw)) or "circuit")
+    result, note = prune_with_fallback("run", "single_double_quote", ROWS, progress=False)
     assert (result, note) == ("circuit", None)
     assert calls == [("single_double_quote", {"progress": False})]
 
@@ -28,8 +28,8 @@ def test_unreachable_task_falls_back_to_the_best_learned_task_and_says_so(monkey
             raise PruneError("the unpruned model's loss on single_double_quote is 0.7 per sequence")
         return "fallback circuit"
 
-    monkeypatch.setattr(prune, "prune_task", fake)
-    result, note = _prune_with_fallback("run", "single_double_quote", ROWS, progress=False)
+    monkeypatch.setattr(pipeline, "prune_task", fake)
+    result, note = prune_with_fallback("run", "single_double_quote", ROWS, progress=False)
     assert result == "fallback circuit"
     assert calls == [("single_double_quote", 0.15), ("else_elif", pytest.approx(RELAXED_FACTOR * 0.2))]
     assert "0.7 per sequence" in note and "else_elif" in note and str(round(RELAXED_FACTOR * 0.2, 4)) in note
@@ -37,12 +37,11 @@ def test_unreachable_task_falls_back_to_the_best_learned_task_and_says_so(monkey
 
 def test_a_run_from_another_config_is_not_silently_reused(tmp_path):
     from sparseformer.checkpoint import save_config
-    from sparseformer.cli.quickstart import _check_reusable
     from sparseformer.config import apply_overrides, get_preset
     from sparseformer.errors import ConfigError
 
     save_config(tmp_path, apply_overrides(get_preset("tiny"), ["train.device=cpu"]))
-    _check_reusable(tmp_path, apply_overrides(get_preset("tiny"), ["train.device=auto"]))   # same run: fine
+    check_reusable(tmp_path, apply_overrides(get_preset("tiny"), ["train.device=auto"]))   # same run: fine
     with pytest.raises(ConfigError, match=r"train.steps=1500.*not the tiny preset's 500.*--force") as e:
-        _check_reusable(tmp_path, apply_overrides(get_preset("tiny"), ["train.steps=500"]))
+        check_reusable(tmp_path, apply_overrides(get_preset("tiny"), ["train.steps=500"]))
     assert "\n" not in str(e.value)
