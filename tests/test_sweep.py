@@ -45,7 +45,7 @@ def test_width_scales_shape_and_keeps_the_nonzero_budget():
     w1, w2, dense = (run_config(m, cfg, steps=10) for m in cfg.models)
     assert (w2.model.d_model, w2.model.n_head, w2.model.d_mlp) == (64, 4, 256)
     assert w1.sparsity.weight_density == pytest.approx(0.25) and w2.sparsity.weight_density == pytest.approx(0.0625)
-    assert w2.sparsity.embed_density == pytest.approx(0.125)            # pfrac / width (SPEC §2.1)
+    assert w2.sparsity.embed_density == pytest.approx(0.125)            # pfrac / width (the paper's rule)
     # same pfrac -> the same number of nonzeros in each weight matrix at both widths
     assert w1.sparsity.weight_density * w1.model.d_model * w1.model.d_mlp == \
         pytest.approx(w2.sparsity.weight_density * w2.model.d_model * w2.model.d_mlp)

@@ -13,7 +13,7 @@ from ..errors import TaskError
 
 @click.group()
 def tasks() -> None:
-    """The binary next-token Python tasks (SPEC §4)."""
+    """The binary next-token Python tasks (docs/tasks.md)."""
 
 
 @tasks.command("list")
@@ -117,7 +117,7 @@ def eval_cmd(run: Path, spec: str, count: int, split: str, seed: int, batch_size
         click.echo(json.dumps({"run": str(run), "split": split, "seed": seed, "results": rows}, indent=2))
     else:
         click.echo(format_table(rows))
-        click.echo(f"loss: mean per-sequence contrast loss in nats (SPEC §4.1); accuracy: fraction of the 2n "
+        click.echo(f"loss: mean per-sequence contrast loss in nats (docs/tasks.md); accuracy: fraction of the 2n "
                    f"sequences whose correct token wins; {split} split, seed {seed}")
 
 

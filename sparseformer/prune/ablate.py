@@ -4,7 +4,7 @@ A mask is a keep value per node (1 keeps the channel, 0 replaces it by its ablat
 hook computes `keep * x + (1 - keep) * mean`, so keep = 1 everywhere reproduces the unpruned model and a
 differentiable keep (the Heaviside surrogate of search.py) gets gradient `x - mean`.
 
-Frozen norms (SPEC §9, Drori's item 7): pruning shrinks the residual stream, and each RMSNorm scales it back
+Frozen norms (docs/pruning.md; the norm-scale cheating a replication by J. Drori found): pruning shrinks the residual stream, and each RMSNorm scales it back
 up, so a few weak nodes can swing the logits. With `freeze_norms=True` each RMSNorm (ln_1 and ln_2 of every
 layer, and ln_f) divides its input by the per-token RMS, sqrt(mean(x^2) + eps), that it saw in the
 *unpruned* model on the same sequences, instead of the RMS of its (pruned) input. The learned gains are

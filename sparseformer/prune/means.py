@@ -1,4 +1,4 @@
-"""Per-node mean activations over pretraining tokens (SPEC §5.2), cached in the run directory.
+"""Per-node mean activations over pretraining tokens (docs/pruning.md), cached in the run directory.
 
 Means are taken at every mask site over all tokens and positions of the unpruned model, after the site's
 AbsTopK (the hook points sit there), so a mean-ablated node sees the value it takes "on average" on the

@@ -1,6 +1,6 @@
 """Finding a circuit: train node masks, bisect the number of kept nodes to a target loss, calibrate.
 
-SPEC §5.2-5.4. One parameter tau per node, initialised N(init_bias, init_scale^2) and clamped to [-1, 1]
+docs/pruning.md describes the method (Gao et al. 2025, App. A.5). One parameter tau per node, initialised N(init_bias, init_scale^2) and clamped to [-1, 1]
 after every step; the forward uses m = H(tau) (1 where tau > 0; tau = 0 counts as off), the backward the
 surrogate dm/dtau = sigmoid'(tau/T)/T. The objective is task loss + k_coef * sum(m), minimised with AdamW
 (linear lr decay, no warmup, gradient clipping) on batches of `batch_pairs` pairs. Afterwards nodes are
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SearchSettings:
-    """Mask-search hyperparameters: SPEC §5.3 Table 2 centres, except steps and lr. The run is kept short
+    """Mask-search hyperparameters: the paper's search centres, except steps and lr. The run is kept short
     enough for a CPU (40 steps, not tens of epochs), so lr is 0.05 rather than the centre 3e-3: tau must be
     able to cross 0 within the run. Larger lr or k_coef (0.1, 1e-3) found smaller circuits on a small
     trained model but collapsed (every node off, no gradient left) on the planted-circuit test, whose task

@@ -1,4 +1,4 @@
-"""Validation of a circuit (SPEC §5.5): sufficiency, necessity, a random control, per-node ablations.
+"""Validation of a circuit (docs/pruning.md): sufficiency, necessity, a random control, per-node ablations.
 
 - sufficiency: the circuit alone (every other node ablated) reaches the target loss;
 - necessity ("inverse pruning"): only the circuit's nodes ablated, everything else intact;

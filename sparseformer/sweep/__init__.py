@@ -1,5 +1,5 @@
 """Sweeps: train a grid of sparse and dense models, prune every task at several target losses, and report
-the interpretability frontier and the sparse-vs-dense circuit-size ratio at matched loss (SPEC §7).
+the interpretability frontier and the sparse-vs-dense circuit-size ratio at matched loss (docs/pruning.md).
 
     from sparseformer.sweep import load_sweep, run_sweep
     result = run_sweep(load_sweep("bench/sweeps/cpu.toml"))     # resumable; writes results.json/.md + plots

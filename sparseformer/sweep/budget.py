@@ -1,6 +1,6 @@
 """Turn a sweep budget (tokens, minutes or steps per model) into a step count for the schedules.
 
-The L0 anneal and the learning-rate decay are laid out over a known number of steps (SPEC §2.2-2.3), so a
+The L0 anneal and the learning-rate decay are laid out over a known number of steps (fractions of the run), so a
 minutes budget is converted to steps before training starts: a timing probe trains the model for
 `PROBE_STEPS` steps in a scratch directory, with weight sparsity on from the first step (the cost of most of
 a real run), and reads tokens per second from the probe's metrics, leaving out the first step (warm-up) and

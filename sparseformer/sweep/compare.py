@@ -1,4 +1,4 @@
-"""Circuit size per model and the sparse-vs-dense comparison at matched pretraining loss (SPEC §7).
+"""Circuit size per model and the sparse-vs-dense comparison at matched pretraining loss (docs/pruning.md).
 
 Circuit size of a model at a target loss = geometric mean, over the tasks the model can do at that target,
 of the edges of its pruned circuit. A task it cannot do (the unpruned model is above the target, or the

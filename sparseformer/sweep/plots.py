@@ -1,10 +1,10 @@
 """The sweep's two plots, from the results dict (table.py):
 
 frontier.svg         pretraining val loss against geometric-mean circuit edges at the headline target
-                     (SPEC §7, Fig 3): sparse models joined across width at equal (pfrac, afrac), dense
+                     (the paper's Fig. 3): sparse models joined across width at equal (pfrac, afrac), dense
                      models joined across width.
 edges_vs_target.svg  geometric-mean circuit edges against target task loss, one line per model, sparse
-                     solid and dense dashed (SPEC §7, Fig 2), with the matched-loss ratio in the subtitle.
+                     solid and dense dashed (the paper's Fig. 2), with the matched-loss ratio in the subtitle.
 """
 
 from __future__ import annotations

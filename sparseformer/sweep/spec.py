@@ -14,8 +14,8 @@ A sweep file is TOML (Python >= 3.11) or JSON with these tables (every key but t
     [prune]   target_loss (headline), targets (list for the edges-vs-target curves), steps, batch_pairs,
               train_pairs, test_pairs, trials, lr, k_coef, mean_tokens, calibrate, seed
 
-Width follows SPEC §1.8: d_model = base_d_model * width, d_mlp = mlp_ratio * d_model, n_head = d_model/d_head.
-Sparsity follows SPEC §2.1 through `config.paper`: weights keep pfrac/width^2, embeddings and biases
+Width follows the paper's scaling: d_model = base_d_model * width, d_mlp = mlp_ratio * d_model, n_head = d_model/d_head.
+Sparsity follows the paper's rule through `config.paper`: weights keep pfrac/width^2, embeddings and biases
 pfrac/width, so models with the same pfrac have the same number of nonzeros at every width. A dense
 model has no weight sparsity and no AbsTopK.
 """
@@ -40,7 +40,7 @@ GRID_OWNED = ("model.d_model", "model.n_head", "model.d_head", "model.d_mlp", "m
 
 @dataclass
 class Shape:
-    base_d_model: int = 256       # d_model at width 1 (SPEC §1.8)
+    base_d_model: int = 256       # d_model at width 1 (the paper's base model)
     d_head: int = 16
     n_layer: int = 8
     mlp_ratio: int = 4
@@ -70,17 +70,17 @@ class Budget:
 
 @dataclass
 class PruneSpec:
-    target_loss: float = 0.15     # headline target, per-sequence task loss (SPEC §5.4)
+    target_loss: float = 0.15     # headline target, per-sequence task loss (docs/pruning.md)
     targets: tuple = (0.05, 0.15, 0.4)  # targets for the edges-vs-target curves (target_loss is added)
     steps: int = 200              # mask-training steps per trial
-    batch_pairs: int = 64         # pairs per mask step (SPEC §5.3)
+    batch_pairs: int = 64         # pairs per mask step (docs/pruning.md)
     train_pairs: int = 512        # task pairs the masks train on
     test_pairs: int = 128         # held-out pairs the bisection and the reported losses use
     trials: int = 1               # mask trainings per (model, task); the smallest circuit per target wins
-    lr: float = 3e-3              # mask-training lr (SPEC §5.3 Table 2 centre)
+    lr: float = 3e-3              # mask-training lr (the paper's search centre)
     k_coef: float = 1e-4          # weight of the kept-node count in the mask objective (Table 2 centre)
     mean_tokens: int = 32768      # pretraining tokens for the mean-ablation values
-    calibrate: bool = False       # fit a logit scale + shift per circuit (SPEC §5.4)
+    calibrate: bool = False       # fit a logit scale + shift per circuit (docs/pruning.md)
     seed: int = 0
 
     def validate(self) -> None:

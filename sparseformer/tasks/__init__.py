@@ -1,4 +1,4 @@
-"""The Python task suite: 20 binary next-token tasks (SPEC §4), custom tasks, the contrast loss.
+"""The Python task suite: 20 binary next-token tasks (docs/tasks.md), custom tasks, the contrast loss.
 
     from sparseformer.tasks import get_task, make_batch, task_loss, evaluate
     batch = make_batch(get_task("single_double_quote"), tokenizer, split="train", n=64)

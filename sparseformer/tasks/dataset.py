@@ -5,14 +5,14 @@ whatever the seed or n. `make_split` draws from the task's generator with a seed
 that fall in the asked split, and drops repeats.
 
 Tokens (`encode_pairs`): each prompt gets `<|endoftext|>` in front (the model saw every document start
-after one), is left-truncated to 255 tokens (SPEC §4.1), and right-padded with id 0 (attention is
+after one), is left-truncated to 255 tokens (docs/tasks.md), and right-padded with id 0 (attention is
 causal, so padding on the right never changes the logits at a real position). A target is scored by
 the first token of its encoding. A pair is dropped, and counted, when
   - its two targets begin with the same token (binary tasks cannot score it), or
   - the target merges with the end of the prompt, i.e. encode(prompt + target) does not start with
     encode(prompt) followed by the target's first token (the model would never see that boundary).
 The built-in generators end every prompt where a pre-token ends, so they lose no pairs under a
-tokenizer built with the SPEC §3.1 regex. If more than half of a task's pairs are dropped the tokenizer
+tinypython tokenizer. If more than half of a task's pairs are dropped the tokenizer
 cannot express the task, and encode_pairs raises TaskError saying why.
 """
 
@@ -32,8 +32,8 @@ from .registry import Pair, Task
 
 log = logging.getLogger(__name__)
 
-MAX_LEN = 255  # SPEC §4.1: left_truncate_to_len(n=255)
-PAD_ID = 0     # SPEC §3.1: right-padding value
+MAX_LEN = 255  # prompts are cut from the left to this many tokens, as in the paper's task code
+PAD_ID = 0     # right-padding value
 SPLITS = ("train", "test")
 
 
@@ -241,7 +241,7 @@ def encode_pairs(pairs: Sequence[Pair], tokenizer, *, task: str = "task", kind: 
             raise TaskError(
                 f"task '{task}': targets {pair.target_a!r} and {pair.target_b!r} both begin with token {tok} "
                 f"({_show(tokenizer, tok)}) under this tokenizer ({len(collide)} of {len(pairs)} pairs); "
-                f"use a tokenizer that keeps them apart (SPEC §3.1 regex, e.g. '\")' and \"')\" as tokens)")
+                f"use a tokenizer that keeps them apart (the tinypython pre-tokenizer, e.g. '\")' and \"')\" as tokens)")
         prompt, target = merge[0]
         raise TaskError(
             f"task '{task}': in {len(merge)} of {len(pairs)} pairs the target merges with the end of the prompt "

@@ -2,7 +2,7 @@
 
 `task_logits` and `task_loss` are plain forwards (no torch.no_grad inside), so pruning can call them in
 a training loop with hooks installed. `evaluate` wraps them in no_grad and reports, per task, the mean
-per-sequence loss, the accuracy and the number of pairs n (SPEC §4.1; conventions in loss.py).
+per-sequence loss, the accuracy and the number of pairs n (docs/tasks.md; conventions in loss.py).
 
 The model is any callable `model(idx)` with idx int64 [B, T] that returns logits [B, T, V] (a tuple
 whose first element is the logits is accepted too). Prompts are right-padded, which is exact for a
@@ -80,7 +80,7 @@ def evaluate(model, tokenizer, tasks: str | Task | Iterable[str | Task] | None =
 
     Returns one dict per task: {task, kind, loss, accuracy, n, n_dropped}; loss is the mean per-sequence
     contrast loss in nats, accuracy the fraction of the 2n sequences whose correct token wins. Prompts
-    are left-truncated to max_len tokens (255, SPEC §4.1), and to the model's block_size when that is shorter.
+    are left-truncated to max_len tokens (255, docs/tasks.md), and to the model's block_size when that is shorter.
     """
     max_len = min(max_len, max_prompt_len(getattr(getattr(model, "config", None), "block_size", None)))
     results = []

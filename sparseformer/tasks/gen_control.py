@@ -1,7 +1,7 @@
 """Generators for the control-flow tasks: for_while, else_elif, if_ternary, indent_for, if_equals,
-enumerate_range, var_if, while_return_true (SPEC §4.2 rows 10, 11, 13, 15, 17-20).
+enumerate_range, var_if, while_return_true (rows 10, 11, 13, 15, 17-20 of the paper's Table 1; docs/tasks.md).
 
-Prompts end on a pre-token boundary of the SPEC §3.1 regex (see gen_strings.py): a line that a target
+Prompts end on a pre-token boundary of the tinypython pre-tokenizer regex (see gen_strings.py): a line that a target
 `:\\n` or `\\n` ends always ends with a letter or digit.
 """
 

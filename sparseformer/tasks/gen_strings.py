@@ -1,7 +1,7 @@
 """Generators for the string and file tasks: single_double_quote, set_or_string(_fixedvarname), with_as,
-with_open, fstring_brace (SPEC §4.2 rows 1, 3, 4, 6, 8, 12).
+with_open, fstring_brace (rows 1, 3, 4, 6, 8, 12 of the paper's Table 1; docs/tasks.md).
 
-Every prompt ends on a pre-token boundary of the SPEC §3.1 regex (a letter or digit, or a punctuation
+Every prompt ends on a pre-token boundary of the tinypython pre-tokenizer regex (a letter or digit, or a punctuation
 run followed by a letter), so that encode(prompt + target) starts with encode(prompt): the target's
 text never merges with the prompt's last token. Closing punctuation is therefore part of the target
 (`) as` vs `)\n`), never the end of the prompt.

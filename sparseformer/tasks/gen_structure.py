@@ -1,7 +1,7 @@
 """Generators for the tasks about definitions and literals: final_kwarg, class_init, bracket_brace,
-bracket_counting, var_swap, lambda_func (SPEC §4.2 rows 2, 5, 7, 9, 14, 16).
+bracket_counting, var_swap, lambda_func (rows 2, 5, 7, 9, 14, 16 of the paper's Table 1; docs/tasks.md).
 
-Prompts end on a pre-token boundary of the SPEC §3.1 regex (see gen_strings.py). Where a pair's targets
+Prompts end on a pre-token boundary of the tinypython pre-tokenizer regex (see gen_strings.py). Where a pair's targets
 vary (names), the two names start with different letters, so their first tokens differ.
 """
 

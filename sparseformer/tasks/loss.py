@@ -1,4 +1,4 @@
-"""The two-sided last-token contrast loss of SPEC §4.1, and accuracy.
+"""The two-sided last-token contrast loss (docs/tasks.md), and accuracy.
 
 Inputs are the logits at the last real position of each prompt: `logits_a` [N, V] for the A prompts,
 `logits_b` [N, V] for the B prompts, and the scored tokens `tok_a`, `tok_b` [N].
@@ -8,7 +8,7 @@ kind="binary": each side is a 2-way softmax over the two candidate logits (z[tok
 kind="full_vocab": side A must predict tok_a over the whole vocabulary, side B must avoid it;
     loss_A = -log p_A(tok_a),  loss_B = -log(1 - p_B(tok_a)) = -log sum_{j != tok_a} p_B(j).
 
-Convention (SPEC §10.1): losses are reported PER SEQUENCE, i.e. the mean over the 2N sequences
+Convention: losses are reported PER SEQUENCE, i.e. the mean over the 2N sequences
 = (sum over pairs of loss_A + loss_B) / (2N). The reference code sums the two sides of a pair, which is
 twice this number; a pruning target of 0.15 is read in our per-sequence units.
 

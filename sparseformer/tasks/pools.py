@@ -53,7 +53,7 @@ KEYWORDS = frozenset(("False", "None", "True", "and", "as", "assert", "async", "
 def glue(closing: str, tail: str) -> tuple[str, str]:
     """Split `closing + tail` into (target, completion) at the end of the pre-token that `closing` starts.
 
-    Under the SPEC §3.1 regex a punctuation run takes the punctuation and newlines that follow it
+    Under the tinypython pre-tokenizer regex a punctuation run takes the punctuation and newlines that follow it
     (`")` + `\n` is one pre-token `")\n`), so the token a model sees after a prompt depends on the
     rest of the line; the target must be that whole pre-token for its first token to be the real one.
     """

@@ -1,7 +1,7 @@
 """Task objects and the registry: the 20 built-in tasks, user generators, and JSONL files.
 
 A task is a source of `Pair`s: two Python prompts that differ only in what the task is about, each with
-its own correct next text (SPEC §4.1). A generator task draws pairs from `generator(rng)`; a file task
+its own correct next text (docs/tasks.md). A generator task draws pairs from `generator(rng)`; a file task
 holds a fixed list. `register_task` adds a generator; `get_task`/`resolve_tasks` look tasks up.
 """
 
@@ -19,7 +19,7 @@ from ..errors import TaskError
 
 KINDS = ("binary", "full_vocab")
 _BUILTIN_MODULES = ("gen_strings", "gen_structure", "gen_control")
-BUILTIN_TASKS = (  # SPEC §4.2 order
+BUILTIN_TASKS = (  # the order of the paper's Table 1
     "single_double_quote", "final_kwarg", "set_or_string", "set_or_string_fixedvarname", "class_init",
     "with_as", "bracket_brace", "with_open", "bracket_counting", "for_while", "else_elif", "fstring_brace",
     "if_ternary", "var_swap", "indent_for", "lambda_func", "if_equals", "enumerate_range", "var_if",
@@ -131,7 +131,7 @@ def unregister_task(name: str) -> None:
 
 
 def list_tasks() -> list[Task]:
-    """All registered tasks: the built-ins in SPEC §4.2 order, then user tasks in registration order."""
+    """All registered tasks: the built-ins in the paper's order, then user tasks in registration order."""
     _load_builtins()
     order = {name: i for i, name in enumerate(BUILTIN_TASKS)}
     tasks = list(_REGISTRY.values())  # dicts keep registration order, so user tasks stay in theirs

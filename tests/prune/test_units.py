@@ -53,7 +53,7 @@ def random_batch(vocab=40, pairs=6, seed=0) -> TaskBatch:
 
 
 def test_mask_sites_match_the_spec_node_count():
-    # SPEC §1.8: csp_yolo1 (12 layers, d_model 1024, d_mlp 4096) has 136,192 mask nodes incl. final_resid
+    # the paper's csp_yolo1 (12 layers, d_model 1024, d_mlp 4096) has 136,192 mask nodes incl. final_resid
     cfg = ModelConfig(n_layer=12, d_model=1024, n_head=64, d_head=16, d_mlp=4096)
     sites = mask_sites(cfg)
     assert n_nodes(sites) == 136_192

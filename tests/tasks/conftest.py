@@ -13,7 +13,7 @@ from sparseformer.data.tokenizer import Tokenizer
 
 @pytest.fixture(scope="session")
 def tokenizer() -> Tokenizer:
-    """A 2048-token BPE (SPEC §3.1 regex) trained on ~1 MB of this interpreter's standard library."""
+    """A 2048-token BPE (tinypython pre-tokenizer regex) trained on ~1 MB of this interpreter's standard library."""
     texts, size = [], 0
     for path in sorted(stdlib_dir().glob("*.py")):
         text = path.read_text(encoding="utf-8", errors="ignore")

@@ -35,7 +35,7 @@ def _names(da: str, db: str) -> bool:
     return bool(re.fullmatch(_NAME, da) and re.fullmatch(_NAME, db)) and da.lstrip("_")[0] != db.lstrip("_")[0]
 
 
-# What each task's two prompts may differ in (after word_diff), per SPEC §4.2.
+# What each task's two prompts may differ in (after word_diff), per docs/tasks.md.
 EXPECTED_DIFF = {
     "single_double_quote": lambda da, db: (da, db) == ('"', "'"),
     "final_kwarg": lambda da, db: db == "" and re.fullmatch(r"=[^,\n]+", da) is not None,

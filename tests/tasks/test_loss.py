@@ -1,4 +1,4 @@
-"""Contrast loss and accuracy (SPEC §4.1), token batches (truncation, padding, drops), and evaluation."""
+"""Contrast loss and accuracy (docs/tasks.md), token batches (truncation, padding, drops), and evaluation."""
 
 from __future__ import annotations
 
