@@ -5,11 +5,11 @@ down: K=4d, N=d) at 65,536 tokens and densities 1 .. 1/1024, providers in one ru
   dense        torch matmul on a dense random weight (cuBLAS on a GPU, the CPU BLAS on a CPU)
   masked       the same on the top-k masked weight (what paper-style training runs)
   bsr          torch's BSR (W.to_sparse_bsr(32), F.linear), where it applies (fwd/dX, density <= 1/16)
-  ours:<m>     each of our methods (sparseformer.kernels.spmm: gather, gather_t, ell, tiles on a GPU; csr,
+  ours:<m>     each of our methods (the registry sparseformer.kernels.spmm.methods: gather, gather_t, ell, tiles on a GPU; csr,
                coo on a CPU); ours:auto is what the dispatcher picks for that weight; ours:support is the
                support-only dW (SDDMM); ours:compact is the format rebuild after a projection step, and
                ours:compact+ell the same plus the padded rows (ELL) of W and W^T that "ell" reads
-  ideal        the roofline t_ideal of KERNELS.md §4, from ceilings measured in this run:
+  ideal        the roofline t_ideal (docs/sparse-matmul.md), from ceilings measured in this run:
                t_ideal = max(2 T K N d / P, (b T K + b T N + (b + 4) d K N) / BW), b = activation bytes.
                A dense dW has no sparsity to exploit: its ideal is the dense one (2 T K N / P).
 Every provider is checked once against the fp32 masked reference before timing; a failing provider gets
@@ -43,14 +43,15 @@ from common import device_line, env_header, sync  # noqa: E402
 from sparseformer.checkpoint import resolve_device  # noqa: E402
 from sparseformer.kernels.sparse_format import compact  # noqa: E402
 from sparseformer.kernels.spmm import dds, plan_linear, sdd  # noqa: E402
+from sparseformer.kernels.spmm.methods import names as method_names  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*Sparse.*beta state.*")
 log = logging.getLogger("bench_spmm")
 
 # run order = priority (a capped run keeps what finished): the sparsest first, the widest model first
 DENSITIES = (1 / 1024, 1 / 256, 1 / 64, 1 / 16, 1 / 4, 1.0)
-GPU_METHODS = ("gather", "gather_t", "ell", "tiles")
-CPU_METHODS = ("csr", "coo")
+GPU_METHODS = tuple(m for m in method_names("triton") if m != "dense")    # the registry: kernels/spmm/methods.py
+CPU_METHODS = tuple(m for m in method_names("torch") if m != "dense")
 # the densest weight each sparse provider is run at (random top-k masks leave no empty 32x32 tile above
 # ~1/256, so "tiles" only pays below; row-major gathers are the slow layout)
 APPLIES = {"gather": 1 / 256, "gather_t": 1 / 64, "ell": 1 / 64, "tiles": 1 / 256, "csr": 1 / 16,
@@ -106,7 +107,7 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def t_ideal_ms(T, K, N, d, act_bytes, ceil, op) -> float:
-    """KERNELS.md §4 roofline for one product at density d (dense dW: the dense GEMM)."""
+    """The roofline ideal for one product at density d (dense dW: the dense GEMM); docs/sparse-matmul.md."""
     if op == "dW(dense)":
         return 2 * T * K * N / ceil["flops"] * 1e3
     flop = 2 * T * K * N * d

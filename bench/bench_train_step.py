@@ -2,7 +2,7 @@
 
 Engines (the GPT of sparseformer.model at a fixed weight density, protection off, same init and batches):
   paper         nn.Linear on masked weights (dense matmuls), torch.optim.Adam (fused on CUDA), then a
-                per-tensor torch.topk projection and decoupled weight decay: SPEC §2.4 as the official
+                per-tensor torch.topk projection and decoupled weight decay, as the paper's official
                 script runs it
   ours          SparseLinear (the dispatcher's matmul method per layer) + SparseAdamW, dW "dense" (the
                 same algorithm as paper)
@@ -42,10 +42,10 @@ from common import device_line, env_header, sync  # noqa: E402
 
 from sparseformer.checkpoint import resolve_device  # noqa: E402
 from sparseformer.config import SparsityConfig, TrainConfig, get_preset, paper  # noqa: E402
-from sparseformer.layers import densify, sparse_layers, sparsify  # noqa: E402
+from sparseformer.layers import densify, sparse_layers, sparse_tensors, sparsify  # noqa: E402
 from sparseformer.model import GPT  # noqa: E402
 from sparseformer.sparsity.optimizer import SparseAdamW  # noqa: E402
-from sparseformer.sparsity.params import current_ks, param_groups, sparse_tensors  # noqa: E402
+from sparseformer.sparsity.params import configure, write_ks  # noqa: E402
 
 log = logging.getLogger("bench_train_step")
 WEIGHT_LINEARS = r"(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj|lm_head)$"   # every sparse Linear
@@ -126,15 +126,35 @@ def build(cfg, density, engine, init_model, device, args):
 
 
 def _groups(model, cfg):
-    sc = cfg.sparsity
-    groups = param_groups(model, sc, cfg.train)
-    ks = current_ks(sparse_tensors(model, sc), cfg.train.steps, cfg.train.steps, sc)   # final densities
-    for g in groups:
-        g["lr"] = cfg.train.lr
-        name = g.get("name")
-        if name in ks:
-            g["k"] = ks[name] if ks[name] < g["params"][0].numel() else None
-    return groups
+    """One group per sparse tensor with its final k (the paper way reads k from its groups; SparseAdamW
+    takes a group's k too), then the dense parameters, decayed (>= 2-D) or not, as in training."""
+    sc, tc = cfg.sparsity, cfg.train
+    budgets = _final_budgets(cfg)
+    groups, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        wd = tc.weight_decay if (p.ndim >= 2 and not name.endswith("bigram_table")) else 0.0
+        if name in budgets:
+            k, protect = budgets[name]
+            groups.append(dict(params=[p], name=name, k=k if k < p.numel() else None, protect=protect,
+                               weight_decay=wd, lr=tc.lr))
+        else:
+            (decay if wd else no_decay).append(p)
+    groups.append(dict(params=decay, name="decay", k=None, weight_decay=tc.weight_decay, lr=tc.lr))
+    groups.append(dict(params=no_decay, name="no_decay", k=None, weight_decay=0.0, lr=tc.lr))
+    return [g for g in groups if g["params"]]
+
+
+_BUDGETS: dict[int, dict] = {}     # per config object: building a GPT to read them is not free
+
+
+def _final_budgets(cfg) -> dict:
+    """{name: (k, protect)} of every sparse tensor at the end of the schedule, from the GPT's own layers."""
+    if id(cfg) not in _BUDGETS:
+        model = GPT(cfg.model)
+        configure(model, cfg.sparsity)
+        write_ks(model, cfg.train.steps, cfg.train.steps, cfg.sparsity)
+        _BUDGETS[id(cfg)] = {t.name: (t.k, t.protect) for t in sparse_tensors(model)}
+    return _BUDGETS[id(cfg)]
 
 
 def initial_model(cfg, seed, device):

@@ -2,7 +2,7 @@
 
 Public API (stable): `topk_mask`, `project_topk_`, `TopkState`, `sparse_adamw_step_`, `available`, and the
 sparse matmuls `sparse_linear`, `plan_linear`, `dds`, `sdd`, `DwPolicy`, `LinearPlan`, `SparseWeight`,
-`compact` (see spmm.py and sparse_format.py). Each op
+`compact` (see spmm/ and sparse_format.py). Each op
 takes `backend=None|"torch"|"triton"|"cuda"`; see dispatch.py for how None resolves. This package imports
 nothing from the rest of sparseformer.
 """

@@ -71,6 +71,8 @@ def available(device: torch.device | str | None = None) -> dict[str, str | None]
 def resolve(op: str, device: torch.device, backend: str | None = None, *, has_cuda_op: bool | None = None) -> str:
     """Pick the backend for `op` on `device`: the argument, then SPARSEFORMER_BACKEND, then the default."""
     chosen = backend or os.environ.get("SPARSEFORMER_BACKEND") or None
+    if chosen == "cuda" and has_cuda_op is False:   # an op without an extension kernel: Triton serves "cuda"
+        chosen = "triton"
     if chosen is not None:
         if chosen not in BACKENDS:
             raise ValueError(f"{op}: unknown backend {chosen!r}; choose one of {', '.join(BACKENDS)}")

@@ -3,11 +3,12 @@
 from .errors import CheckpointError, ConfigError, DataError, SparseformerError, TaskError
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "SparseformerError", "TaskError", "load_official",
-           "import_official", "export_official", "SparseLinear", "sparsify", "densify", "sparse_param_groups",
-           "SparseAdamW"]
+           "import_official", "export_official", "SparseLinear", "SparseEmbedding", "sparsify", "densify",
+           "param_groups", "SparseAdamW"]
 
 _LAZY = {"load_official": "official", "import_official": "official", "export_official": "official",
-         "SparseLinear": "layers", "sparsify": "layers", "densify": "layers", "sparse_param_groups": "layers",
+         "SparseLinear": "layers", "SparseEmbedding": "layers", "sparsify": "layers", "densify": "layers",
+         "param_groups": "sparsity.params",
          "SparseAdamW": "sparsity.optimizer"}
 
 

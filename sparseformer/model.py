@@ -7,8 +7,10 @@ AbsTopK (keep the k = int(afrac * width) largest |x| per token) sits at the conf
 is placed after the AbsTopK of its site, so records and interventions see the sparse activation. The sites
 (hook name, width, AbsTopK name, pruning mask and edges) are declared once in sites.py.
 Module names follow the official checkpoints (transformer.h.L.attn.c_attn, ...), so state dicts map 1:1.
-Every Linear is a SparseLinear (an nn.Linear whose forward picks masked-dense or a sparse kernel from the
-weight's measured density); the trainer's SparseAdamW keeps each weight at its top-k.
+Every Linear is a SparseLinear and every embedding a SparseEmbedding, built with its sparsity kind ("weight"
+for the weight matrices and wpe, "embed" for wte and lm_head; biases are "bias") and, for the weight
+matrices, the side of their neurons (where a protected top-j applies). The layers hold k, the training
+schedule writes it (sparsity/params.py), SparseAdamW keeps each tensor at its k.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .hooks import HookPoint
-from .layers import SparseLinear
+from .layers import SparseEmbedding, SparseLinear
 from .sites import site_spec, site_width
 
 
@@ -64,8 +66,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         d_attn = cfg.d_attn
         self.n_head, self.d_head = cfg.n_head, cfg.d_head
-        self.c_attn = SparseLinear(cfg.d_model, 3 * d_attn, bias=cfg.bias)   # q, k, v in that order
-        self.c_proj = SparseLinear(d_attn, cfg.d_model, bias=cfg.bias)
+        self.c_attn = SparseLinear(cfg.d_model, 3 * d_attn, bias=cfg.bias, neuron_axis="rows")   # q, k, v
+        self.c_proj = SparseLinear(d_attn, cfg.d_model, bias=cfg.bias, neuron_axis="cols")
         self.sink_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.sink else None
         self.topk_q = _site_topk(cfg, "attn.q")
         self.topk_k = _site_topk(cfg, "attn.k")
@@ -108,9 +110,9 @@ def _attention_with_sink(q: Tensor, k: Tensor, v: Tensor, sink: Tensor) -> Tenso
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.c_fc = SparseLinear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.c_fc = SparseLinear(cfg.d_model, cfg.d_mlp, bias=cfg.bias, neuron_axis="rows")
         self.act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
-        self.c_proj = SparseLinear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+        self.c_proj = SparseLinear(cfg.d_mlp, cfg.d_model, bias=cfg.bias, neuron_axis="cols")
         self.topk_neuron = _site_topk(cfg, "mlp.post_act")
         self.topk_out = _site_topk(cfg, "mlp.resid_delta")
         self.hook_post_act = HookPoint(f"{layer}.mlp.post_act")          # [B, T, d_mlp]
@@ -153,13 +155,13 @@ class GPT(nn.Module):
         cfg.validate()
         self.config = cfg
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.d_model),
+            wte=SparseEmbedding(cfg.vocab_size, cfg.d_model, kind="embed"),
             h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),
             ln_f=_rmsnorm(cfg, cfg.d_model),
         ))
         if cfg.learned_pos_emb:
-            self.transformer["wpe"] = nn.Embedding(cfg.block_size, cfg.d_model)
-        self.lm_head = SparseLinear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.transformer["wpe"] = SparseEmbedding(cfg.block_size, cfg.d_model, kind="weight")
+        self.lm_head = SparseLinear(cfg.d_model, cfg.vocab_size, bias=False, kind="embed", neuron_axis=None)
         self.register_buffer("final_logits_bias", torch.zeros(cfg.vocab_size))
         if cfg.bigram_table:
             table = torch.rand(cfg.vocab_size, cfg.vocab_size) * 0.02   # uniform[0,1) * 0.02 (SPEC §1.3)

@@ -27,7 +27,7 @@ from .data.for_config import load_dataset
 from .errors import CheckpointError, TrainingDiverged
 from .model import GPT
 from .sparsity.optimizer import SparseAdamW
-from .sparsity.params import check_protection, current_ks, param_groups, sparse_tensors
+from .sparsity.params import check_protection, configure, param_groups, write_ks
 from .sparsity.schedule import embed_density, learning_rate, weight_density
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,10 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
         dataset.tokenizer.save(out / ckpt.TOKENIZER_FILE)
 
     model = GPT(cfg.model)
-    check_protection(model, sc)
-    sparse = sparse_tensors(model, sc)
-    optimizer = SparseAdamW(param_groups(model, sc, tc), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps,
-                            grad_rms_norm=tc.grad_rms_norm, backend=tc.backend)
+    check_protection(configure(model, sc), sc)        # the layers hold k from here on
+    optimizer = SparseAdamW(param_groups(model, weight_decay=tc.weight_decay), lr=tc.lr,
+                            betas=(tc.beta1, tc.beta2), eps=tc.eps, grad_rms_norm=tc.grad_rms_norm,
+                            backend=tc.backend)
     state = ckpt.read_state(out) if resume else {"step": 0, "finished": False}
     start = int(state["step"])
     if resume and start > 0:
@@ -120,7 +120,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
 
     total = tc.steps
     end = total if max_steps is None else min(total, start + max_steps)
-    ks = current_ks(sparse, max(0, start - 1), total, sc) if start > 0 else {}
+    ks = write_ks(model, max(0, start - 1), total, sc) if start > 0 else {}
     bar = _progress_bar(progress, start, total)
     history: list[dict] = []
     last_loss = val_loss = None
@@ -130,12 +130,9 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
     try:
         for step in range(start, end):
             lr = learning_rate(step, tc, sc)
-            ks = current_ks(sparse, step, total, sc)
+            ks = write_ks(model, step, total, sc)            # the schedule writes k into the layers
             for group in optimizer.param_groups:
                 group["lr"] = lr
-                name = group.get("name")
-                if name in ks:
-                    group["k"] = ks[name] if ks[name] < group["params"][0].numel() else None
             x, y = dataset.get_batch("train", tc.batch_size, tc.seq_len, step, tc.seed)
             x, y = x.to(device), y.to(device)
             loss = _lm_loss(model, x, y, autocast)

@@ -1,4 +1,4 @@
-"""SparseLinear, sparsify/densify and sparse_param_groups, on CPU through the torch paths."""
+"""SparseLinear, sparsify/densify and param_groups, on CPU through the torch paths."""
 
 import copy
 import logging
@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparseformer.errors import ConfigError
-from sparseformer.layers import (SparseLinear, densify, refresh, sparse_layers, sparse_param_groups,
-                                 sparsify)
+from sparseformer.layers import SparseLinear, densify, refresh, sparse_layers, sparsify
 from sparseformer.sparsity.optimizer import SparseAdamW
+from sparseformer.sparsity.params import param_groups
 
 
 def _mlp(seed=0):
@@ -132,13 +132,12 @@ def test_protection_keeps_j_per_row_and_shared_modules_swap_once():
 def test_param_groups_feed_sparse_adamw():
     model = _mlp(3)
     sparsify(model, 1 / 4, protect_per_row=1)
-    groups = sparse_param_groups(model, lr=1e-2, weight_decay=0.1)
+    groups = param_groups(model, lr=1e-2, weight_decay=0.1)
     by_name = {g["name"]: g for g in groups}
-    assert by_name["0.weight"]["k"] == 128 and by_name["0.weight"]["protect"] == (1, "rows")
-    assert by_name["2.weight"]["k"] == 64
-    assert by_name["dense_no_decay"]["weight_decay"] == 0.0 and by_name["dense_no_decay"]["k"] is None
-    assert "dense_decay" not in by_name                           # every 2-D param is sparse here
+    assert [p.ndim for p in by_name["decay"]["params"]] == [2, 2] and by_name["decay"]["weight_decay"] == 0.1
+    assert by_name["no_decay"]["weight_decay"] == 0.0 and "k" not in by_name["no_decay"]
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert (model[0].k, model[0].protect, model[2].k) == (128, (1, "rows"), 64)   # the layers hold k
     opt = SparseAdamW(groups)
     x = torch.randn(32, 16)
     for _ in range(3):
@@ -183,7 +182,7 @@ def test_foreign_transformer_trains_like_masked_dense(method):
         rest = [p for p in model.parameters() if id(p) not in sparse_ids]
         return groups + [dict(params=rest, k=None, weight_decay=0.0)]
 
-    losses_sparse = _train(sparse, 5, x, target, lambda m: sparse_param_groups(m, weight_decay=0.1))
+    losses_sparse = _train(sparse, 5, x, target, lambda m: param_groups(m, weight_decay=0.1))
     losses_masked = _train(masked, 5, x, target, masked_groups)
     assert losses_sparse[-1] < losses_sparse[0]
     assert losses_sparse == pytest.approx(losses_masked, rel=1e-4, abs=1e-5)
@@ -203,3 +202,73 @@ def test_support_dw_mode_through_the_layer():
     assert bool((sl.weight.grad[sl.weight != 0] != 0).any())
     with pytest.raises(ConfigError, match="dw_mode"):
         SparseLinear(3, 3, dw_mode="none")
+
+
+# ---------------------------------------------------------------- who owns k (the layers), one list of sparse tensors
+
+def _tiny_gpt(**overrides):
+    from sparseformer.config import ModelConfig
+    from sparseformer.model import GPT
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=32, n_layer=2, d_model=16, n_head=2, d_head=8, d_mlp=32, block_size=8, bias=True,
+               learned_pos_emb=True)
+    return GPT(ModelConfig(**{**cfg, **overrides}))
+
+
+def test_gpt_declares_its_sparse_tensors_by_kind():
+    from sparseformer.layers import sparse_tensors
+    from sparseformer.sparsity.params import classify
+    model = _tiny_gpt()
+    assert sparse_tensors(model) == []                       # declared, not sparse until configured
+    declared = {t.name: t for t in sparse_tensors(model, declared=True)}
+    kinds = {n: t.kind for n, t in declared.items()}
+    assert kinds["transformer.wte.weight"] == kinds["lm_head.weight"] == "embed"
+    assert kinds["transformer.wpe.weight"] == kinds["transformer.h.1.mlp.c_fc.weight"] == "weight"
+    assert kinds["transformer.h.0.attn.c_attn.bias"] == "bias"
+    assert declared["transformer.h.0.attn.c_proj.weight"].owner.neuron_axis == "cols"
+    assert {n for n, _ in model.named_parameters() if classify(n)} == set(declared)
+    assert all(classify(n) == k for n, k in kinds.items())
+    assert classify("transformer.h.7.mlp.c_fc.weight") == "weight" and classify("bigram_table") is None
+
+
+def test_schedule_writes_k_into_the_layers_and_sparse_adamw_reads_it():
+    from sparseformer.config import SparsityConfig
+    from sparseformer.layers import sparse_tensors
+    from sparseformer.sparsity.params import configure, write_ks
+    model = _tiny_gpt()
+    cfg = SparsityConfig(weight_density=1 / 4, embed_density=1 / 2, protect_per_neuron=1)
+    tensors = configure(model, cfg)
+    assert {t.kind for t in tensors} == {"weight", "embed", "bias"} and all(t.k == t.param.numel() for t in tensors)
+    assert model.transformer.h[0].mlp.c_fc.protect == (1, "rows")
+    assert model.transformer.h[0].mlp.c_proj.protect == (1, "cols") and model.lm_head.protect is None
+    ks = write_ks(model, 10, 10, cfg)                         # the end of the schedule: final densities
+    assert ks["transformer.h.0.mlp.c_fc.weight"] == 16 * 32 // 4 == model.transformer.h[0].mlp.c_fc.k
+    assert ks["transformer.wte.weight"] == 32 * 16 // 2 == model.transformer.wte.k
+    opt = SparseAdamW(model.parameters(), lr=1e-2)           # no groups, no k: the layers have it
+    idx = torch.randint(32, (2, 8))
+    for _ in range(2):
+        model(idx).logsumexp(-1).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        for t in sparse_tensors(model):
+            assert int(torch.count_nonzero(t.param)) == t.k, t.name
+    assert int(torch.count_nonzero(model.transformer.ln_f.weight)) == 16      # never sparse
+    assert configure(model, SparsityConfig(dense=True)) == []
+
+
+def test_owner_is_found_from_the_parameter_after_copies_and_moves():
+    from sparseformer.layers import owner_of
+    sl = SparseLinear(6, 4, k=5)
+    assert owner_of(sl.weight) == (sl, "weight") and owner_of(sl.bias) == (sl, "bias")
+    twin = copy.deepcopy(sl)
+    assert owner_of(twin.weight) == (twin, "weight") and owner_of(sl.weight)[0] is sl
+    sl.weight = nn.Parameter(torch.zeros(4, 6))               # a new Parameter object
+    assert owner_of(sl.weight) == (sl, "weight")
+    assert owner_of(nn.Linear(2, 2).weight) is None
+    model = nn.Sequential(nn.Linear(4, 4))
+    sparsify(model, 0.5)
+    w = model[0].weight
+    densify(model)
+    assert owner_of(w) is None                               # the plain module owns no k
+    with pytest.raises(ConfigError, match="outside"):
+        SparseLinear(3, 3, k=10)

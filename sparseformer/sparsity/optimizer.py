@@ -1,33 +1,38 @@
-"""SparseAdamW: the optimizer step of SPEC §2.4, with the top-k projection inside it.
+"""SparseAdamW: the paper's optimizer step, with the top-k projection inside it.
 
 One step, in this order:
 1. global gradient RMS normalisation: rms = ||g||_2 / sqrt(N) over every parameter with a gradient,
    g <- g / (rms + 1e-5) (always, not only when rms > 1);
 2. Adam with dense moments (beta1, beta2, eps; bias-corrected), p <- p - lr * m_hat / (sqrt(v_hat) + eps);
-3. projection: every group with an integer "k" keeps exactly its k largest |p| (sparseformer.kernels,
-   one batched call), optionally protecting each row's or column's top-j ("protect": (j, "rows"|"cols"));
+3. projection: every parameter with a budget k keeps exactly its k largest |p| (sparseformer.kernels, one
+   batched call), optionally protecting each row's or column's top-j;
 4. decoupled weight decay p <- p - lr * weight_decay * p (after the projection, so zeros stay zero).
 
-Each param group holds: "params", "lr", "k" (int or None for dense), "protect" (None or (j, "rows"|"cols")),
-"weight_decay", and optionally "name". The trainer sets group["lr"] and group["k"] from the schedules
-before every step. The arithmetic lives in sparseformer.kernels.sparse_adamw_step_: on CPU the torch
-reference; on a GPU one fused pass for steps 1-2 (and the projection's first histogram, warm-started from
-the previous step's thresholds), then the batched projection.
+The budget of a parameter comes from the layer that owns it (sparseformer.layers: SparseLinear,
+SparseEmbedding, any module `sparsify` converted), so `SparseAdamW(model.parameters())` keeps every sparse
+layer at its k. A param group may still carry "k" and "protect" ((j, "rows"|"cols")) for tensors no layer
+owns; a group's k wins over the owner's. A k at or above the tensor's size means no projection. Because it
+projects itself, the step hook that keeps k under other optimizers skips it (docs/dropin.md). The
+arithmetic lives in sparseformer.kernels.sparse_adamw_step_: on CPU the torch reference; on a GPU one fused
+pass for steps 1-2 (and the projection's first histogram, warm-started from the previous step's
+thresholds), then the batched projection.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from .. import kernels
 from ..kernels.adamw import GRAD_RMS_EPS, AdamWTensor, grad_rms_scale, protect_view
+from ..layers.owner import budget_of
 
 __all__ = ["GRAD_RMS_EPS", "SparseAdamW"]
 
 
 class SparseAdamW(torch.optim.Optimizer):
-    """Adam + top-k projection + decoupled weight decay (SPEC §2.4); see the module docstring."""
+    """Adam + top-k projection + decoupled weight decay; see the module docstring."""
+
+    projects_sparse_tensors = True      # the exact-k step hook leaves this optimizer's parameters alone
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 0.1, weight_decay: float = 0.0,
                  grad_rms_norm: bool = True, backend: str | None = None):
@@ -55,10 +60,9 @@ class SparseAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         items: list[AdamWTensor] = []
-        n_proj = 0
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
+            for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
@@ -69,21 +73,21 @@ class SparseAdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                k = group["k"]
-                name = group["name"] or f"param{n_proj}"
+                k, protect = group["k"], group["protect"]
+                if k is None:
+                    k, protect = budget_of(p)
+                if k is not None and k >= p.numel():
+                    k = None                                    # the whole tensor: nothing to project
+                name = group["name"] or "params"
+                name = name if len(group["params"]) == 1 else f"{name}[{i}]"      # for error messages
                 if k is not None:
-                    protect_view(p, group["protect"])           # validates the axis early
-                    n_proj += 1
+                    protect_view(p, protect)                    # validates the axis early
                 items.append(AdamWTensor(
                     param=p.data, grad=p.grad, exp_avg=state["exp_avg"], exp_avg_sq=state["exp_avg_sq"],
                     step=int(state["step"]), lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
                     eps=float(group["eps"]), weight_decay=float(group["weight_decay"] or 0.0),
-                    k=None if k is None else int(k), protect=group["protect"], name=name))
+                    k=None if k is None else int(k), protect=protect, name=name))
         kernels.sparse_adamw_step_(items, grad_rms_norm=self.grad_rms_norm, backend=self.backend,
                                    state=self._topk_state)
         return loss
 
-
-def _protect_view(p: Tensor, protect) -> tuple[Tensor, int | None]:
-    """Kept for callers of the first version: see kernels.adamw.protect_view."""
-    return protect_view(p.data, protect)

@@ -1,95 +1,82 @@
-"""Which tensors of a GPT are sparse, what kind each is, and the SparseAdamW param groups (SPEC §2.1, §2.4).
+"""Which tensors of a model are sparse under a SparsityConfig, the k the schedule writes each step, and the
+one param-group builder.
 
-Kinds: "weight" (c_attn, attention c_proj, c_fc, MLP c_proj, and wpe when present), "embed" (wte, lm_head) and
-"bias" (every Linear bias). Never sparse: RMSNorm gains, sink logits, the bigram table, final_logits_bias.
-Protected top-j per neuron (the neuron side only): rows of c_fc and c_attn, columns of MLP and attention c_proj.
-Weight decay: >= 2-D parameters except the bigram table.
+The model declares its sparse-capable tensors by building its layers with their kind (sparseformer.layers:
+SparseLinear and SparseEmbedding hold k; GPT's weight matrices and wpe are kind "weight", wte and lm_head
+"embed", every bias "bias"). `configure(model, cfg)` turns on the kinds the config makes sparse (embeddings
+and biases are optional) with the protected top-j per neuron where a layer declares its neuron side;
+`write_ks(model, step, total, cfg)` is the trainer's one writer of each step's k. Never sparse: RMSNorm
+gains, sink logits, the bigram table, final_logits_bias. See docs/dropin.md for the ownership of k.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from functools import lru_cache
 
 from torch import nn
 
-from ..config import SparsityConfig, TrainConfig
+from ..config import SparsityConfig
+from ..errors import ConfigError
+from ..layers import SparseTensor, sparse_tensors
 from .schedule import embed_density, k_for, weight_density
 
-_WEIGHT_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight",
-                    "transformer.wpe.weight")
-_PROTECT_AXIS = {"attn.c_attn.weight": "rows", "mlp.c_fc.weight": "rows",
-                 "attn.c_proj.weight": "cols", "mlp.c_proj.weight": "cols"}
+__all__ = ["check_protection", "classify", "configure", "density_for", "param_groups", "write_ks"]
 
-
-@dataclass
-class SparseTensor:
-    name: str
-    param: nn.Parameter
-    kind: str                      # "weight" | "embed" | "bias"
-    protect: tuple | None = None   # (j, "rows"|"cols") or None
-
-
-def classify(name: str) -> str | None:
-    """The sparsity kind of a parameter name, or None for tensors that are never sparse."""
-    if name.endswith(_WEIGHT_SUFFIXES):
-        return "weight"
-    if name in ("transformer.wte.weight", "lm_head.weight"):
-        return "embed"
-    if name.endswith(".bias"):
-        return "bias"
-    return None
-
-
-def sparse_tensors(model: nn.Module, cfg: SparsityConfig) -> list[SparseTensor]:
-    """The tensors that get a top-k budget under `cfg` (empty for a dense run), in parameter order."""
-    if cfg.dense:
-        return []
-    out = []
-    for name, p in model.named_parameters():
-        kind = classify(name)
-        if kind is None or (kind == "embed" and not cfg.sparse_embeddings) or (
-                kind == "bias" and not cfg.sparse_biases):
-            continue
-        protect = None
-        if cfg.protect_per_neuron > 0:
-            axis = next((a for suffix, a in _PROTECT_AXIS.items() if name.endswith(suffix)), None)
-            protect = (cfg.protect_per_neuron, axis) if axis else None
-        out.append(SparseTensor(name, p, kind, protect))
-    return out
+NO_DECAY = ("bigram_table",)        # >= 2-D parameters that are not decayed
 
 
 def density_for(kind: str, step: int, total: int, cfg: SparsityConfig) -> float:
+    """The scheduled density of a tensor of this kind at `step`."""
     return weight_density(step, total, cfg) if kind == "weight" else embed_density(step, total, cfg)
 
 
-def current_ks(tensors: list[SparseTensor], step: int, total: int, cfg: SparsityConfig) -> dict[str, int]:
-    """k of every sparse tensor at this step."""
-    return {t.name: k_for(t.param.numel(), density_for(t.kind, step, total, cfg)) for t in tensors}
+def configure(model: nn.Module, cfg: SparsityConfig) -> list[SparseTensor]:
+    """Give every sparse-capable tensor of `model` that `cfg` makes sparse a budget (k = numel: dense until
+    the schedule lowers it) and its protection; take it from the others. Returns the sparse tensors."""
+    for t in sparse_tensors(model, declared=True):
+        on = not cfg.dense and (t.kind != "embed" or cfg.sparse_embeddings) and (
+            t.kind != "bias" or cfg.sparse_biases)
+        axis = getattr(t.owner, "neuron_axis", None) if t.slot == "weight" else None
+        protect = (cfg.protect_per_neuron, axis) if on and axis and cfg.protect_per_neuron > 0 else None
+        t.owner.set_budget(t.slot, t.param.numel() if on else None, protect)
+    return sparse_tensors(model)
 
 
-def param_groups(model: nn.Module, sparsity: SparsityConfig, train: TrainConfig) -> list[dict]:
-    """SparseAdamW param groups: one group per sparse tensor (own k), then dense decayed / not decayed."""
-    sparse = {t.name: t for t in sparse_tensors(model, sparsity)}
-    groups: list[dict] = []
-    decay, no_decay = [], []
+def write_ks(model: nn.Module, step: int, total: int, cfg: SparsityConfig) -> dict[str, int]:
+    """Write this step's k of every sparse tensor into its owner; returns {tensor name: k}."""
+    ks = {}
+    for t in sparse_tensors(model):
+        k = k_for(t.param.numel(), density_for(t.kind, step, total, cfg))
+        t.owner.set_budget(t.slot, k, t.protect)
+        ks[t.name] = k
+    return ks
+
+
+def param_groups(model: nn.Module, *, weight_decay: float = 0.0, lr: float | None = None,
+                 decay_1d: bool = False, no_decay: tuple[str, ...] = NO_DECAY) -> list[dict]:
+    """Param groups for SparseAdamW or any torch optimizer: the trainable parameters that decay (>= 2-D, or
+    every one when `decay_1d`, except names ending in `no_decay`) and those that do not, each once. The k
+    of sparse tensors lives in their layers, not in the groups."""
+    extra = {} if lr is None else {"lr": lr}
+    decay, keep, seen = [], [], set()
     for name, p in model.named_parameters():
-        wd = train.weight_decay if (p.ndim >= 2 and not name.endswith("bigram_table")) else 0.0
-        if name in sparse:
-            groups.append(dict(params=[p], name=name, k=None, protect=sparse[name].protect, weight_decay=wd,
-                               kind=sparse[name].kind))
-        else:
-            (decay if wd else no_decay).append(p)
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if (p.ndim >= 2 or decay_1d) and not name.endswith(no_decay) else keep).append(p)
+    groups = []
     if decay:
-        groups.append(dict(params=decay, name="dense_decay", k=None, weight_decay=train.weight_decay, kind=None))
-    if no_decay:
-        groups.append(dict(params=no_decay, name="dense_no_decay", k=None, weight_decay=0.0, kind=None))
+        groups.append(dict(params=decay, name="decay", weight_decay=weight_decay, **extra))
+    if keep:
+        groups.append(dict(params=keep, name="no_decay", weight_decay=0.0, **extra))
     return groups
 
 
-def check_protection(model: nn.Module, cfg: SparsityConfig) -> None:
-    """Raise ConfigError when the final budget of a protected matrix is below j per neuron."""
-    from ..errors import ConfigError
-    for t in sparse_tensors(model, cfg):
+def check_protection(tensors: list[SparseTensor], cfg: SparsityConfig) -> None:
+    """Raise ConfigError when the final budget of a protected matrix (of `configure`'s list) is below j per
+    neuron."""
+    for t in tensors:
         if t.protect is None:
             continue
         j, axis = t.protect
@@ -98,3 +85,23 @@ def check_protection(model: nn.Module, cfg: SparsityConfig) -> None:
         if j * neurons > k:
             raise ConfigError(f"sparsity.protect_per_neuron={j} needs {j * neurons} entries in {t.name} but its "
                               f"final budget is k={k}; lower protect_per_neuron or raise weight_density")
+
+
+@lru_cache(maxsize=1)
+def _gpt_kinds() -> dict[str, str]:
+    """Kind of every sparse-capable GPT parameter, layer numbers written '*', read from a small GPT's layers."""
+    from ..config import ModelConfig
+    from ..model import GPT
+    cfg = ModelConfig(vocab_size=8, n_layer=1, d_model=8, n_head=2, d_head=4, d_mlp=8, block_size=4, bias=True,
+                      learned_pos_emb=True)
+    return {_pattern(t.name): t.kind for t in sparse_tensors(GPT(cfg), declared=True)}
+
+
+def _pattern(name: str) -> str:
+    return re.sub(r"\.\d+\.", ".*.", name)
+
+
+def classify(name: str) -> str | None:
+    """The sparsity kind of a GPT parameter name ("weight", "embed", "bias"), or None for tensors that are
+    never sparse; for code that has names but no model (checkpoint files, the official format)."""
+    return _gpt_kinds().get(_pattern(name))

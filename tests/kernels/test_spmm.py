@@ -1,7 +1,7 @@
 """Sparse matmuls: every backend/method against the masked dense reference (values and all three gradients).
 
 Triton methods run through the interpreter on CPU (fp32/fp16, small shapes) and natively on a GPU; bf16
-only on a GPU (bf16 dots are wrong under the interpreter, STYLE §2.2). The "ell" method also gets its own
+only on a GPU (bf16 dots are wrong under the Triton interpreter). The "ell" method also gets its own
 tests at the end: skewed / empty rows and any input layout, the ELL builder, the planner's fit guard.
 """
 
@@ -11,13 +11,17 @@ import torch.nn.functional as F
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import dataclasses
+
 from sparseformer.kernels import available
 from sparseformer.kernels.sparse_format import compact
-from sparseformer.kernels import spmm, spmm_rules, spmm_triton
+from sparseformer.kernels.spmm import launch, methods, rules
+from sparseformer.kernels.spmm import triton_kernels as spmm_triton
 from sparseformer.kernels.spmm import (DwPolicy, LinearPlan, dds, dds_ref, plan_linear, sdd, sdd_ref,
                                        sparse_linear)
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# one row per method of the registry (kernels/spmm/methods.py); test_every_method_has_a_test_row checks it
 TORCH_METHODS = [("torch", "dense"), ("torch", "csr"), ("torch", "coo")]
 TRITON_METHODS = [("triton", "gather"), ("triton", "gather_t"), ("triton", "ell"), ("triton", "tiles")]
 ALL_METHODS = TORCH_METHODS + TRITON_METHODS
@@ -267,7 +271,7 @@ def test_a_failing_auto_chosen_kernel_falls_back_to_masked_dense(monkeypatch, ca
     def broken(*args, **kwargs):
         raise RuntimeError("simulated compile failure")
     monkeypatch.setattr(spmm_triton, launcher, broken)
-    monkeypatch.setattr(spmm, "_BROKEN", {})
+    monkeypatch.setattr(launch, "FAILED", launch.FailedKernels())
     w = sparse_weight(6, 5, 0.5, 0).cpu().requires_grad_()
     x = torch.randn(3, 5, requires_grad=True)
     plan = LinearPlan(backend="triton", fwd=fwd, dx=dx, sw=compact(w), density=0.5)
@@ -275,7 +279,7 @@ def test_a_failing_auto_chosen_kernel_falls_back_to_masked_dense(monkeypatch, ca
     assert torch.allclose(y, F.linear(x, w), atol=1e-6)
     y.sum().backward()
     assert torch.allclose(x.grad, torch.ones(3, 6) @ w, atol=1e-6)
-    assert kernel in spmm._BROKEN and "simulated compile failure" in caplog.text
+    assert kernel in launch.FAILED and "simulated compile failure" in caplog.text
     forced = LinearPlan(backend="triton", fwd=kernel, dx=kernel, sw=plan.sw, density=0.5, forced=True)
     with pytest.raises(RuntimeError, match="simulated"):
         sparse_linear(x, w, plan=forced)
@@ -394,14 +398,29 @@ def test_ell_fits_guards_skewed_rows():
     assert compact(w).ell_fits(transposed=False)
 
 
+def _ell_tier(monkeypatch, max_density=1 / 256):
+    """Give the ELL method the rule tier it would get once a GPU run shows it winning."""
+    entry = dataclasses.replace(methods.METHODS["ell"], max_density=max_density)
+    monkeypatch.setitem(methods.METHODS, "ell", entry)
+
+
+def test_every_method_has_a_test_row():
+    for backend in ("torch", "triton"):
+        assert set(methods.names(backend)) == {m for b, m in ALL_METHODS if b == backend} | {"dense"}
+
+
 def test_gpu_rule_is_masked_dense_until_measured(monkeypatch):
     monkeypatch.delenv("SPARSEFORMER_SPMM_METHOD", raising=False)
     for d in (1 / 4096, 1 / 1024, 1 / 256, 1 / 16, 1.0):
-        assert spmm_rules.choose("triton", d, torch.bfloat16, occupancy=lambda t: 0.0) == "dense"
-    monkeypatch.setattr(spmm_rules, "GPU_RULE", spmm_rules.GPU_RULE_ELL)
-    assert spmm_rules.choose("triton", 1 / 1024, torch.bfloat16) == "ell"
-    assert spmm_rules.choose("triton", 1 / 16, torch.bfloat16) == "dense"
-    assert "ell" in spmm_rules.METHODS["triton"]
+        assert rules.choose("triton", d, torch.bfloat16, occupancy=lambda t: 0.0) == "dense"
+    assert rules.sparsest_dense_density("triton") < 0
+    _ell_tier(monkeypatch)
+    assert rules.choose("triton", 1 / 1024, torch.bfloat16) == "ell"
+    assert rules.choose("triton", 1 / 16, torch.bfloat16) == "dense"
+    assert rules.choose("triton", 1 / 1024, torch.float64) == "dense"     # not one of its dtypes
+    assert rules.choose("torch", 1 / 1024, torch.float32) == "coo"        # the sparsest CPU tier wins
+    assert rules.choose("torch", 1 / 64, torch.float32) == "csr"
+    assert rules.choose("torch", 1 / 64, torch.bfloat16) == "dense"
 
 
 def test_plan_uses_ell_where_rows_fit_and_falls_back_elsewhere(monkeypatch):
@@ -414,13 +433,13 @@ def test_plan_uses_ell_where_rows_fit_and_falls_back_elsewhere(monkeypatch):
     with torch.no_grad():
         x = torch.ones(3, 128, device=w.device)
         assert torch.equal(sparse_linear(x, w, plan=p), x @ w.t())
-    monkeypatch.setattr(spmm_rules, "GPU_RULE", spmm_rules.GPU_RULE_ELL)
+    _ell_tier(monkeypatch)
     p = plan_linear(w, backend="triton")
     assert (p.fwd, p.dx) == ("ell", "ell") and set(p.sw._ell) == {False, True}   # built by the planner
     skewed = w.clone()
     skewed[0] = 1.0                                          # one full row: W's padded rows would not fit
     p = plan_linear(skewed, backend="triton")
-    assert (p.fwd, p.dx) == (spmm_rules.ELL_FALLBACK, "ell") and set(p.sw._ell) == {True}
+    assert (p.fwd, p.dx) == (methods.METHODS["ell"].fallback, "ell") and set(p.sw._ell) == {True}
     p = plan_linear(skewed, backend="triton", method="ell")  # forced: kept
     assert (p.fwd, p.dx, p.forced) == ("ell", "ell", True)
 

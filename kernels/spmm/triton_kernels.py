@@ -1,6 +1,6 @@
 """Triton kernels for products with a sparse weight: Y = A S^T (gather and tile-skipping) and the SDDMM.
 
-Semantics (each must match the dense reference in spmm.py up to float rounding; fp32 accumulation):
+Semantics (each must match the dense reference in reference.py up to float rounding; fp32 accumulation):
 - `spmm_gather_triton(a, ptr, rows, idx, vals, P)`: Y[M, P] = A[M, Q] @ S^T for S [P, Q] given as CSR
   (ptr [P+1]; per entry its row, its column idx and its value). The forward passes S = W (the CSR of the
   format), dX passes S = W^T (its transposed index). A may have any strides: a tokens-contiguous A (A^T
@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._env import INTERPRET
+from .._env import INTERPRET
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -48,7 +48,7 @@ def _keep(configs: list) -> list:
 def _gather_configs() -> list:
     out = [triton.Config({"BLOCK_M": bm, "BLOCK_P": bp, "BLOCK_Z": bz}, num_warps=w, num_stages=st)
            for bm, bp, bz, w, st in ((128, 64, 64, 4, 2), (64, 64, 64, 4, 2), (128, 128, 64, 8, 2))]
-    if INTERPRET:   # keep interpreted blocks small (STYLE §2.2)
+    if INTERPRET:   # the interpreter runs every program in Python: small blocks keep tests fast
         out = [triton.Config({"BLOCK_M": 16, "BLOCK_P": 16, "BLOCK_Z": 16}, num_warps=4, num_stages=1)]
     return _keep(out)
 
@@ -209,7 +209,7 @@ def _sddmm_configs() -> list:
 
 
 # Keyed on Z rounded up to a power of two: a support dW with candidates lists a different Z every step,
-# and keying on Z itself re-tuned every step (the first H200 train-step run spent ~5 s per step on it).
+# and keying on Z itself would re-tune every step (seconds per step on an H200).
 @triton.autotune(configs=_sddmm_configs(), key=["Z_BUCKET", "M_SPLIT"])
 @triton.jit
 def _sddmm_kernel(
@@ -262,9 +262,17 @@ def _check_bias(op: str, bias: Tensor | None, P: int) -> Tensor | None:
     return bias.contiguous()
 
 
-def _empty_product(y: Tensor, bias: Tensor | None) -> Tensor:
-    """The output of a product with no non-zeros: zeros, plus the bias."""
-    return y.zero_() if bias is None else y.copy_(bias.expand_as(y))
+def _output(op: str, a: Tensor, P: int, out_dtype, bias: Tensor | None,
+            no_entries: bool) -> tuple[Tensor, Tensor | None, bool]:
+    """Allocate Y [M, P] and check the bias; an empty product is filled here (zeros, plus the bias) and
+    comes back with done=True."""
+    M, Q = a.shape
+    y = torch.empty((M, P), dtype=out_dtype or a.dtype, device=a.device)
+    if M == 0 or P == 0:
+        return y, None, True
+    if no_entries or Q == 0:
+        return (y.zero_() if bias is None else y.copy_(bias.expand_as(y))), None, True
+    return y, _check_bias(op, bias, P), False
 
 
 def spmm_gather_triton(a: Tensor, ptr: Tensor, rows: Tensor, idx: Tensor, vals: Tensor, P: int,
@@ -276,12 +284,9 @@ def spmm_gather_triton(a: Tensor, ptr: Tensor, rows: Tensor, idx: Tensor, vals: 
     if ptr.shape != (P + 1,) or not (idx.numel() == vals.numel() == rows.numel()):
         raise ValueError(f"spmm_gather: ptr {tuple(ptr.shape)} / rows {rows.numel()} / idx {idx.numel()} / "
                          f"vals {vals.numel()} do not describe a CSR with {P} rows")
-    y = torch.empty((M, P), dtype=out_dtype or a.dtype, device=a.device)
-    if M == 0 or P == 0:
+    y, bias, done = _output("spmm_gather", a, P, out_dtype, bias, no_entries=idx.numel() == 0)
+    if done:
         return y
-    if idx.numel() == 0 or Q == 0:
-        return _empty_product(y, bias)
-    bias = _check_bias("spmm_gather", bias, P)
     vals = vals.to(torch.float32).contiguous()
     a_t = a.stride(0) == 1 and M > 1
 
@@ -305,12 +310,9 @@ def spmm_ell_triton(a: Tensor, col: Tensor, val: Tensor, row_len: Tensor, out_dt
     if row_len.shape != (P,) or col.ndim != 2 or col.shape[1] != P or val.shape != col.shape:
         raise ValueError(f"spmm_ell: col {tuple(col.shape)} / val {tuple(val.shape)} / row_len "
                          f"{tuple(row_len.shape)} do not describe an ELL [L, {P}]")
-    y = torch.empty((M, P), dtype=out_dtype or a.dtype, device=a.device)
-    if M == 0 or P == 0:
+    y, bias, done = _output("spmm_ell", a, P, out_dtype, bias, no_entries=col.shape[0] == 0)
+    if done:
         return y
-    if col.shape[0] == 0 or Q == 0:
-        return _empty_product(y, bias)
-    bias = _check_bias("spmm_ell", bias, P)
     val = val.to(torch.float32).contiguous()
 
     def grid(meta):
@@ -334,12 +336,9 @@ def spmm_tiles_triton(a: Tensor, b: Tensor, ptr: Tensor, idx: Tensor, tile: int,
     P = b.shape[1]
     if ptr.shape != (triton.cdiv(P, tile) + 1,):
         raise ValueError(f"spmm_tiles: ptr has shape {tuple(ptr.shape)}, want ({triton.cdiv(P, tile) + 1},)")
-    y = torch.empty((M, P), dtype=out_dtype or a.dtype, device=a.device)
-    if M == 0 or P == 0:
+    y, bias, done = _output("spmm_tiles", a, P, out_dtype, bias, no_entries=idx.numel() == 0)
+    if done:
         return y
-    if idx.numel() == 0 or Q == 0:
-        return _empty_product(y, bias)
-    bias = _check_bias("spmm_tiles", bias, P)
     ieee = a.dtype == torch.float32
 
     def grid(meta):

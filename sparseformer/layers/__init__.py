@@ -1,0 +1,16 @@
+"""Sparse layers: modules that hold the top-k budget of their tensors, and the drop-in for other models.
+
+- owner.py: who owns k (the SparseOwner mixin) and `sparse_tensors(model)`, the one list of a model's
+  sparse tensors (name, param, kind, k, protect, owner);
+- linear.py: SparseLinear (an nn.Linear running the sparse matmuls of sparseformer.kernels.spmm);
+- embedding.py: SparseEmbedding (an nn.Embedding holding k);
+- sparsify.py: `sparsify` / `densify` for any torch model.
+"""
+
+from .embedding import SparseEmbedding
+from .linear import SparseLinear
+from .owner import SparseOwner, SparseTensor, owner_of, project_owned_, sparse_tensors
+from .sparsify import densify, refresh, sparse_layers, sparsify
+
+__all__ = ["SparseEmbedding", "SparseLinear", "SparseOwner", "SparseTensor", "densify", "owner_of",
+           "project_owned_", "refresh", "sparse_layers", "sparse_tensors", "sparsify"]

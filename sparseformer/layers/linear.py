@@ -1,0 +1,144 @@
+"""SparseLinear: an nn.Linear whose weight (and optionally bias) is kept at exactly k non-zeros.
+
+The hand-off format is the dense weight with zeros (as in torchao): `weight` is an ordinary dense-shaped
+Parameter holding exact zeros off its support, so state dicts, init code, isinstance checks and existing
+optimizers keep working. The layer holds k (owner.py); the projection to k happens after each optimizer
+step (SparseAdamW's fused one, or the step hook of exact_k.py under any other optimizer).
+
+Format refresh: by default (`refresh="always"`) the plan and sparse format the kernels read are rebuilt at
+every forward: one streaming pass over W (plus a device sync on a GPU when a sparse method runs), the
+"rebuild after every step" the engine needs anyway. Always, because optimizers may update weights through
+`.data` (SparseAdamW does), which leaves no trace in the weight's version counter. `refresh="version"`
+caches the plan until the weight's version counter, storage, dtype or device changes: right for inference
+and for optimizers that bump the version; after other `.data` writes call `layer.refresh()`. In both modes
+values are read live: only the support is cached. The method is chosen from k / numel when k is set (no
+pass over W to measure the density), else from the measured density.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..kernels.spmm import DwPolicy, LinearPlan, plan_linear, sparse_linear
+from .owner import SparseOwner
+
+__all__ = ["SparseLinear"]
+
+REFRESH_MODES = ("always", "version")
+
+
+class SparseLinear(SparseOwner, nn.Linear):
+    """nn.Linear whose weight is kept sparse (exactly k non-zeros after each optimizer step).
+
+    k: top-k budget of the weight (None = dense: computes like nn.Linear). protect: j or (j, "rows"|"cols"):
+    each output row (or input column) keeps its j largest weights. bias_k: budget of the bias (None =
+    dense). kind: "weight" or "embed", the schedule the weight follows in training. neuron_axis: where a
+    per-neuron protection applies ("rows": output neurons). dw_mode: "dense" (default, the paper's
+    gradient) or "support" (opt-in, changes the algorithm; see sparseformer.kernels.spmm.policy).
+    backend/method force a kernel backend or matmul method (default: chosen from the density). refresh:
+    "always" or "version" (module docstring). With k given, the initial weight is projected to its top-k."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, k: int | None = None,
+                 protect=None, bias_k: int | None = None, kind: str = "weight", neuron_axis: str | None = "rows",
+                 dw_mode: str = "dense", dense_every: int = 0, candidates: float = 0.0,
+                 backend: str | None = None, method: str | None = None, refresh: str = "always",
+                 device=None, dtype=None):
+        if k is not None and not 0 <= int(k) <= in_features * out_features:
+            raise ConfigError(f"SparseLinear: k={k} is outside [0, {in_features * out_features}] "
+                              f"(or None for dense)")
+        self._setup(dw_mode, dense_every, candidates, backend, method, refresh)
+        self._init_owner(k, protect, kind, neuron_axis, bias_k)
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+
+    def _setup(self, dw_mode, dense_every, candidates, backend, method, refresh="always") -> None:
+        try:
+            dw_policy = DwPolicy(dw_mode, dense_every, candidates)
+        except ValueError as e:
+            raise ConfigError(f"SparseLinear: {e}") from None
+        if refresh not in REFRESH_MODES:
+            raise ConfigError(f"SparseLinear: refresh={refresh!r} is unknown; choose one of {REFRESH_MODES}")
+        self.__dict__.update(dw_policy=dw_policy, backend=backend, method=method, refresh_mode=refresh,
+                             _plan=None, _plan_key=None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, k: int | None = None, protect=None, **options) -> "SparseLinear":
+        """A SparseLinear sharing `linear`'s Parameter objects and hooks (no copy, no projection)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        layer_opts = {o: options.pop(o) for o in ("kind", "neuron_axis", "bias_k") if o in options}
+        new._setup(**{"dw_mode": "dense", "dense_every": 0, "candidates": 0.0, "backend": None, "method": None,
+                      **options})
+        new._init_owner(k, protect, **layer_opts)
+        return _share(linear, new)
+
+    def to_linear(self) -> nn.Linear:
+        """A plain nn.Linear sharing this layer's Parameters (the inverse of from_linear)."""
+        lin = nn.Linear.__new__(nn.Linear)
+        nn.Module.__init__(lin)
+        return _share(self, lin)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if getattr(self, "k", None) is not None:
+            self.project_()
+
+    def refresh(self) -> None:
+        """Forget the cached sparse format; the next forward rebuilds it from the weight."""
+        self._plan, self._plan_key = None, None
+
+    @property
+    def density(self) -> float:
+        """Measured fraction of non-zero weights."""
+        return int(torch.count_nonzero(self.weight)) / max(self.weight.numel(), 1)
+
+    def known_density(self) -> float | None:
+        """k / numel when the layer has a budget (what it holds after every step), else None."""
+        return None if self.k is None else min(self.k, self.weight.numel()) / max(self.weight.numel(), 1)
+
+    def plan(self, x: Tensor) -> LinearPlan:
+        """The method plan (and sparse format) for inputs like `x`; rebuilt as the module docstring says."""
+        w = self.weight
+        dev = x.device.type
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        try:
+            version = w._version
+        except RuntimeError:       # inference tensors carry no version counter: rebuild every time
+            version = None
+        key = (version, w.data_ptr(), w.dtype, w.device, cdt, self.dw_policy.mode, self.k)
+        if self.refresh_mode == "always" or version is None or key != self._plan_key or self._plan is None:
+            self._plan = plan_linear(w, dtype=cdt, backend=self.backend, method=self.method,
+                                     dw_mode=self.dw_policy.mode, density=self.known_density())
+            self._plan_key = key
+        return self._plan
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sparse_linear(x, self.weight, self.bias, plan=self.plan(x), dw=self.dw_policy)
+
+    def extra_repr(self) -> str:
+        parts = [super().extra_repr(), f"k={self.k}"]
+        if self.k is not None:
+            parts.append(f"density={self.known_density():.4g}")
+        if self.bias_k is not None:
+            parts.append(f"bias_k={self.bias_k}")
+        if self.protect:
+            parts.append(f"protect={self.protect}")
+        parts.append(f"dw_mode={self.dw_policy.mode!r}")
+        if self.backend or self.method:
+            parts.append(f"backend={self.backend!r}, method={self.method!r}")
+        return ", ".join(parts)
+
+
+def _share(src: nn.Linear, dst: nn.Linear) -> nn.Linear:
+    """Give `dst` the sizes, Parameter objects, hooks and training flag of `src`; returns dst."""
+    for name, value in vars(src).items():
+        if "hook" in name or name == "training":
+            dst.__dict__[name] = value
+    dst.in_features, dst.out_features = src.in_features, src.out_features
+    dst.weight = src.weight
+    if src.bias is None:
+        dst.register_parameter("bias", None)
+    else:
+        dst.bias = src.bias
+    return dst
