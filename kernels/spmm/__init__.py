@@ -12,15 +12,16 @@ One module per job, each importing only those above it:
   rules.py          which method a density picks; plan.py the planner (backend from kernels/dispatch.py)
   launch.py         run a method by name, with the fallback for auto-chosen kernels that fail
   policy.py         the dW policy; autograd.py the autograd Function and `sparse_linear`
+  ops.py            the products as torch.library custom ops, for torch.compile
 dtypes: float32, float16, bfloat16 (float64 on the torch backend). See docs/sparse-matmul.md.
 """
 
 from .autograd import sparse_linear
 from .launch import dds, sdd
 from .methods import METHODS, Method
-from .plan import LinearPlan, plan_linear
+from .plan import LinearPlan, choose_method, plan_linear
 from .policy import DwPolicy
 from .reference import dds_ref, linear_ref, sdd_ref
 
-__all__ = ["METHODS", "DwPolicy", "LinearPlan", "Method", "dds", "dds_ref", "linear_ref", "plan_linear", "sdd",
-           "sdd_ref", "sparse_linear"]
+__all__ = ["METHODS", "DwPolicy", "LinearPlan", "Method", "choose_method", "dds", "dds_ref", "linear_ref",
+           "plan_linear", "sdd", "sdd_ref", "sparse_linear"]

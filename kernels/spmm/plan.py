@@ -20,7 +20,7 @@ from ..dispatch import resolve
 from ..sparse_format import SparseWeight, compact
 from . import methods, rules
 
-__all__ = ["LinearPlan", "plan_linear"]
+__all__ = ["LinearPlan", "choose_method", "plan_linear"]
 
 
 @dataclass
@@ -67,6 +67,18 @@ def plan_linear(w: Tensor, *, dtype: torch.dtype | None = None, backend: str | N
         for name, transposed in ((fwd, False), (dx, True)):
             methods.get(name).prepare(sw, transposed)      # build now, not inside the first product
     return LinearPlan(backend=kind, fwd=fwd, dx=dx, sw=sw, density=density, forced=forced is not None)
+
+
+def choose_method(device: torch.device, dtype: torch.dtype, density: float | None, *, backend: str | None = None,
+                  method: str | None = None) -> str:
+    """The method `plan_linear` would pick for one weight of a known density, without reading the weight:
+    no format is built, so a tile-occupancy tier is not taken and a format that cannot hold the weight is
+    left to the product to refuse (ops.py). An unknown density (None) means masked dense."""
+    kind = resolve("spmm", device, backend, has_cuda_op=False)
+    forced = method or rules.forced_method()
+    if forced is not None:
+        return methods.get(forced, kind).name
+    return "dense" if density is None else rules.choose(kind, density, dtype)
 
 
 def _density(w: Tensor) -> float:

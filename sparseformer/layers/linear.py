@@ -12,7 +12,9 @@ every forward: one streaming pass over W (plus a device sync on a GPU when a spa
 caches the plan until the weight's version counter, storage, dtype or device changes: right for inference
 and for optimizers that bump the version; after other `.data` writes call `layer.refresh()`. In both modes
 values are read live: only the support is cached. The method is chosen from k / numel when k is set (no
-pass over W to measure the density), else from the measured density.
+pass over W to measure the density), else from the measured density. Under torch.compile the products run
+as custom ops (sparseformer.kernels.spmm.ops) with the method chosen outside the graph, so a compiled model
+has no graph break and no host sync per forward; the "support" dW is eager-only.
 """
 
 from __future__ import annotations
@@ -21,15 +23,102 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..kernels.spmm import DwPolicy, LinearPlan, plan_linear, sparse_linear
+from ..kernels.spmm import DwPolicy, LinearPlan, choose_method, plan_linear, sparse_linear
+from ..kernels.spmm import ops as spmm_ops
+from ..kernels.spmm.autograd import compute_dtype
 from .owner import SparseOwner
 
-__all__ = ["SparseLinear"]
+__all__ = ["SparseLinear", "SparseProduct"]
+
+
+
+@torch.compiler.assume_constant_result
+def _traced_method(layer: "SparseProduct", dtype: torch.dtype) -> str:
+    """The method of a layer's products under torch.compile: run at trace time, a constant of the graph
+    (kernels/spmm/ops.py says why), read without guards so that a new k does not recompile."""
+    w = layer.weight
+    return choose_method(w.device, dtype, layer.known_density(), backend=layer.backend, method=layer.method)
 
 REFRESH_MODES = ("always", "version")
 
 
-class SparseLinear(SparseOwner, nn.Linear):
+class SparseProduct(SparseOwner):
+    """Mixin for a SparseOwner whose forward is y = x W^T + b, W the [out, in] view of its weight
+    (`weight_out_in`), computed by the sparse matmuls. Holds the dW policy, the forced backend/method and
+    the cached plan (module docstring)."""
+
+    def _setup(self, dw_mode="dense", dense_every=0, candidates=0.0, backend=None, method=None,
+               refresh="always") -> None:
+        try:
+            dw_policy = DwPolicy(dw_mode, dense_every, candidates)
+        except ValueError as e:
+            raise ConfigError(f"{type(self).__name__}: {e}") from None
+        if refresh not in REFRESH_MODES:
+            raise ConfigError(f"{type(self).__name__}: refresh={refresh!r} is unknown; choose one of {REFRESH_MODES}")
+        self.__dict__.update(dw_policy=dw_policy, backend=backend, method=method, refresh_mode=refresh,
+                             _plan=None, _plan_key=None)
+
+    def weight_out_in(self) -> Tensor:
+        """The weight as [out, in] (a view; nn.Linear stores it so)."""
+        return self.weight
+
+    def refresh(self) -> None:
+        """Forget the cached sparse format; the next forward rebuilds it from the weight."""
+        self._plan, self._plan_key = None, None
+
+    @property
+    def density(self) -> float:
+        """Measured fraction of non-zero weights."""
+        return int(torch.count_nonzero(self.weight)) / max(self.weight.numel(), 1)
+
+    def known_density(self) -> float | None:
+        """k / numel when the layer has a budget (what it holds after every step), else None."""
+        n = max(self.weight.numel(), 1)
+        return None if self.k is None else min(self.k, n) / n
+
+    def plan(self, x: Tensor) -> LinearPlan:
+        """The method plan (and sparse format) for inputs like `x`; rebuilt as the module docstring says."""
+        w = self.weight_out_in()
+        dev = x.device.type
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        try:
+            version = w._version
+        except RuntimeError:       # inference tensors carry no version counter: rebuild every time
+            version = None
+        key = (version, w.data_ptr(), w.dtype, w.device, cdt, self.dw_policy.mode, self.k)
+        if self.refresh_mode == "always" or version is None or key != self._plan_key or self._plan is None:
+            self._plan = plan_linear(w, dtype=cdt, backend=self.backend, method=self.method,
+                                     dw_mode=self.dw_policy.mode, density=self.known_density())
+            self._plan_key = key
+        return self._plan
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight_out_in()
+        if torch.compiler.is_compiling():
+            if self.dw_policy.mode != "dense":
+                raise ConfigError(f"{type(self).__name__}: dw_mode={self.dw_policy.mode!r} runs eagerly only; "
+                                  f"use dw_mode='dense' under torch.compile")
+            x = x.to(compute_dtype(x, w))
+            method = _traced_method(self, x.dtype)
+            return spmm_ops.linear(x, w, self.bias, method)
+        return sparse_linear(x, w, self.bias, plan=self.plan(x), dw=self.dw_policy)
+
+    def sparse_repr(self) -> str:
+        """k, density, protection, dW mode and forced kernels, for extra_repr."""
+        parts = [f"k={self.k}"]
+        if self.k is not None:
+            parts.append(f"density={self.known_density():.4g}")
+        if self.bias_k is not None:
+            parts.append(f"bias_k={self.bias_k}")
+        if self.protect:
+            parts.append(f"protect={self.protect}")
+        parts.append(f"dw_mode={self.dw_policy.mode!r}")
+        if self.backend or self.method:
+            parts.append(f"backend={self.backend!r}, method={self.method!r}")
+        return ", ".join(parts)
+
+
+class SparseLinear(SparseProduct, nn.Linear):
     """nn.Linear whose weight is kept sparse (exactly k non-zeros after each optimizer step).
 
     k: top-k budget of the weight (None = dense: computes like nn.Linear). protect: j or (j, "rows"|"cols"):
@@ -52,24 +141,13 @@ class SparseLinear(SparseOwner, nn.Linear):
         self._init_owner(k, protect, kind, neuron_axis, bias_k)
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
 
-    def _setup(self, dw_mode, dense_every, candidates, backend, method, refresh="always") -> None:
-        try:
-            dw_policy = DwPolicy(dw_mode, dense_every, candidates)
-        except ValueError as e:
-            raise ConfigError(f"SparseLinear: {e}") from None
-        if refresh not in REFRESH_MODES:
-            raise ConfigError(f"SparseLinear: refresh={refresh!r} is unknown; choose one of {REFRESH_MODES}")
-        self.__dict__.update(dw_policy=dw_policy, backend=backend, method=method, refresh_mode=refresh,
-                             _plan=None, _plan_key=None)
-
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, k: int | None = None, protect=None, **options) -> "SparseLinear":
         """A SparseLinear sharing `linear`'s Parameter objects and hooks (no copy, no projection)."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         layer_opts = {o: options.pop(o) for o in ("kind", "neuron_axis", "bias_k") if o in options}
-        new._setup(**{"dw_mode": "dense", "dense_every": 0, "candidates": 0.0, "backend": None, "method": None,
-                      **options})
+        new._setup(**options)
         new._init_owner(k, protect, **layer_opts)
         return _share(linear, new)
 
@@ -84,50 +162,8 @@ class SparseLinear(SparseOwner, nn.Linear):
         if getattr(self, "k", None) is not None:
             self.project_()
 
-    def refresh(self) -> None:
-        """Forget the cached sparse format; the next forward rebuilds it from the weight."""
-        self._plan, self._plan_key = None, None
-
-    @property
-    def density(self) -> float:
-        """Measured fraction of non-zero weights."""
-        return int(torch.count_nonzero(self.weight)) / max(self.weight.numel(), 1)
-
-    def known_density(self) -> float | None:
-        """k / numel when the layer has a budget (what it holds after every step), else None."""
-        return None if self.k is None else min(self.k, self.weight.numel()) / max(self.weight.numel(), 1)
-
-    def plan(self, x: Tensor) -> LinearPlan:
-        """The method plan (and sparse format) for inputs like `x`; rebuilt as the module docstring says."""
-        w = self.weight
-        dev = x.device.type
-        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        try:
-            version = w._version
-        except RuntimeError:       # inference tensors carry no version counter: rebuild every time
-            version = None
-        key = (version, w.data_ptr(), w.dtype, w.device, cdt, self.dw_policy.mode, self.k)
-        if self.refresh_mode == "always" or version is None or key != self._plan_key or self._plan is None:
-            self._plan = plan_linear(w, dtype=cdt, backend=self.backend, method=self.method,
-                                     dw_mode=self.dw_policy.mode, density=self.known_density())
-            self._plan_key = key
-        return self._plan
-
-    def forward(self, x: Tensor) -> Tensor:
-        return sparse_linear(x, self.weight, self.bias, plan=self.plan(x), dw=self.dw_policy)
-
     def extra_repr(self) -> str:
-        parts = [super().extra_repr(), f"k={self.k}"]
-        if self.k is not None:
-            parts.append(f"density={self.known_density():.4g}")
-        if self.bias_k is not None:
-            parts.append(f"bias_k={self.bias_k}")
-        if self.protect:
-            parts.append(f"protect={self.protect}")
-        parts.append(f"dw_mode={self.dw_policy.mode!r}")
-        if self.backend or self.method:
-            parts.append(f"backend={self.backend!r}, method={self.method!r}")
-        return ", ".join(parts)
+        return f"{nn.Linear.extra_repr(self)}, {self.sparse_repr()}"
 
 
 def _share(src: nn.Linear, dst: nn.Linear) -> nn.Linear:

@@ -11,6 +11,13 @@ hook of sparseformer.layers.exact_k).
 `owner_of(param)` finds the owner of a parameter without the model (what an optimizer has): owners record
 their parameters in a weak, identity-keyed table whenever a parameter is set, a budget is written or the
 module is copied, so the table never keeps a module or a tensor alive.
+
+Exact k under any optimizer: the first budget written installs one optimizer step post-hook for the
+process (torch.optim.optimizer.register_optimizer_step_post_hook). After every `step()` of any torch
+optimizer it projects the parameters of that optimizer that an owner holds a k for, in one batched call.
+Optimizers that project by themselves (SparseAdamW: `projects_sparse_tensors = True`) are skipped, so
+nothing is projected twice. Their own update rule (decay order, no gradient normalisation) stays theirs;
+the hook only restores exact k and the protected top-j.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import ConfigError
 from ..kernels import project_topk_
 from ..kernels.adamw import protect_view
 
-__all__ = ["SparseOwner", "SparseTensor", "owner_of", "project_owned_", "sparse_tensors"]
+__all__ = ["SparseOwner", "SparseTensor", "budget_of", "owner_of", "project_owned_", "sparse_tensors"]
 
 KINDS = ("weight", "embed", "bias")
 AXES = ("rows", "cols")
@@ -104,6 +112,8 @@ class SparseOwner:
         else:
             raise ConfigError(f"{type(self).__name__}: no sparse slot {slot!r}")
         self._register_owned()
+        if k is not None:
+            _install_step_hook()
 
     def _register_owned(self) -> None:
         ref = weakref.ref(self)
@@ -119,7 +129,11 @@ class SparseOwner:
             if p is not None and p in _OWNERS and _OWNERS[p][0]() is self:
                 del _OWNERS[p]
 
-    # every way a parameter object can change keeps the table current
+    # every way a parameter object can change keeps the table current; defining __setattr__ also makes
+    # FSDP2 set its sharded and unsharded parameters through it rather than into _parameters directly
+    def __setattr__(self, name, value) -> None:
+        super().__setattr__(name, value)
+
     def register_parameter(self, name, param) -> None:
         super().register_parameter(name, param)
         if "kind" in self.__dict__:
@@ -187,14 +201,57 @@ def budget_of(param: torch.Tensor) -> tuple[int | None, tuple | None]:
 
 @torch.no_grad()
 def project_owned_(tensors: list[SparseTensor]) -> None:
-    """Project each tensor to its k (one batched call), then let the owners drop their cached formats."""
+    """Project each tensor to its k (one batched call), then let the owners drop their cached formats.
+
+    A parameter sharded by FSDP2 (a DTensor) is gathered whole, projected exactly, and its shard written
+    back: every rank computes the same global top-k."""
     live = [t for t in tensors if t.k is not None and t.k < t.param.numel()]
     if live:
-        views, ks, js = [], [], []
+        views, ks, js, sharded = [], [], [], []
         for t in live:
-            view, j = protect_view(t.param.data, t.protect)
+            data = t.param.data
+            if _is_dtensor(data):
+                full = data.full_tensor()
+                sharded.append((data, full))
+                data = full
+            view, j = protect_view(data, t.protect)
             views.append(view), ks.append(t.k), js.append(j)
         project_topk_(views, ks, protect_per_row=js, names=[t.name for t in live])
+        for dt, full in sharded:
+            from torch.distributed.tensor import distribute_tensor
+            dt.to_local().copy_(distribute_tensor(full, dt.device_mesh, dt.placements).to_local())
     for owner in {id(t.owner): t.owner for t in tensors}.values():
         if hasattr(owner, "refresh"):
             owner.refresh()
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "full_tensor")
+
+
+_HOOK = None        # the handle of the process-wide optimizer step post-hook
+
+
+def _install_step_hook() -> None:
+    global _HOOK
+    if _HOOK is None:
+        _HOOK = register_optimizer_step_post_hook(_project_after_step)
+
+
+def _project_after_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """Keep the owned parameters of `optimizer` at exactly their k (see the module docstring)."""
+    if getattr(optimizer, "projects_sparse_tensors", False):
+        return
+    tensors = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            found = owner_of(p)
+            if found is None:
+                continue
+            owner, slot = found
+            k, protect = budget_of(p)
+            if k is not None:
+                kind = owner.kind if slot == "weight" else "bias"
+                tensors.append(SparseTensor(f"{type(owner).__name__}.{slot}", p, kind, k, protect, owner, slot))
+    if tensors:
+        project_owned_(tensors)
