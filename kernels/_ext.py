@@ -55,3 +55,11 @@ def load():
         except Exception as e:
             reason += f"; JIT build failed ({type(e).__name__}: {e})"
     return None, reason
+
+
+def require():
+    """The extension module; raises RuntimeError with the reason when it is not available."""
+    ext, reason = load()
+    if ext is None:
+        raise RuntimeError(f"the CUDA extension sparseformer.kernels._C is not available: {reason}")
+    return ext
