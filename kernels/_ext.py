@@ -9,6 +9,7 @@ module is missing.
 from __future__ import annotations
 
 import glob
+import importlib
 import logging
 import os
 from functools import lru_cache
@@ -44,9 +45,8 @@ def build_jit(verbose: bool = False):
 @lru_cache(maxsize=None)
 def load():
     """(module, None) when the extension is importable (prebuilt, or JIT when SPARSEFORMER_JIT=1)."""
-    try:
-        from . import _C  # type: ignore[attr-defined]
-        return _C, None
+    try:                    # by name: a compiled module that may be absent (and has no Python imports)
+        return importlib.import_module(f"{__package__}._C"), None
     except Exception as e:
         reason = f"the CUDA extension is not built ({type(e).__name__}: {e})"
     if os.environ.get("SPARSEFORMER_JIT") == "1":

@@ -70,6 +70,7 @@ class Group:
     row_offset: list[int]   # first row of each protected tensor in thr/cut
     thr: Tensor = field(default=None)   # int64: per-row protection threshold keys of all protected tensors
     cut: Tensor = field(default=None)   # int64: per-row last protected column among ties
+    scratch: dict = field(default_factory=dict)   # a kernel set's per-projection cache
 
 
 _BLOCK_TABLES: OrderedDict = OrderedDict()

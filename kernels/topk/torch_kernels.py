@@ -14,20 +14,24 @@ from .._schema import INF_BITS, NB, PROT, Decision, Hist, Window
 from .tables import Group, TopkKernels
 
 
-def _keys(g: Group, t: int) -> tuple[Tensor, Tensor]:
-    """(raw |x| bits, selection key) of tensor t in logical order, int64, 1-D."""
+def _keys(g: Group, t: int, q: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(raw |x| bits, selection key) of tensor t in logical order, int64, 1-D; at flat positions q only when
+    given. The full keys are cached in g.scratch: the tensors do not change until the apply pass."""
+    if q is None and t in g.scratch:
+        return g.scratch[t]
     v = g.tensors[t]
-    raw = v.detach().abs().float().reshape(-1).view(torch.int32).long()
-    if not g.protect[t]:
-        return raw, raw
-    rows, cols = v.shape
-    off = g.row_offset[t]
-    thr = g.thr[off:off + rows, None]
-    cut = g.cut[off:off + rows, None]
-    r2 = raw.view(rows, cols)
-    col = torch.arange(cols, device=raw.device)
-    is_p = (r2 > thr) | ((r2 == thr) & (col <= cut))
-    return raw, raw + is_p.reshape(-1).long() * PROT
+    x = v.detach().reshape(-1)
+    raw = (x if q is None else x[q]).abs().float().view(torch.int32).long()
+    key = raw
+    if g.protect[t]:
+        cols = v.shape[1]
+        r = torch.arange(v.numel(), device=raw.device) // cols if q is None else q // cols
+        c = torch.arange(v.numel(), device=raw.device) % cols if q is None else q % cols
+        thr, cut = g.thr[g.row_offset[t] + r], g.cut[g.row_offset[t] + r]
+        key = raw + ((raw > thr) | ((raw == thr) & (c <= cut))).long() * PROT
+    if q is None:
+        g.scratch[t] = (raw, key)
+    return raw, key
 
 
 class TorchTopkKernels(TopkKernels):
@@ -44,8 +48,7 @@ class TorchTopkKernels(TopkKernels):
             if n == 0:
                 out[t] = 0
                 continue
-            q = torch.arange(S, device=out.device) * n // S
-            out[t] = _keys(g, t)[1][q]
+            out[t] = _keys(g, t, torch.arange(S, device=out.device) * n // S)[1]
 
     def hist(self, g: Group, win: Tensor, hist: Tensor) -> None:
         rows = win.tolist()
@@ -53,11 +56,11 @@ class TorchTopkKernels(TopkKernels):
             if not active:
                 continue
             raw, key = _keys(g, t)
-            hi = lo + (NB << shift)
+            # one bincount: index 0 counts the keys below the window, NB + 1 those at or above its top
+            counts = torch.bincount(((key - lo) >> shift).clamp_(-1, NB) + 1, minlength=NB + 2)
             hist[t, Hist.BAD] += int((raw >= INF_BITS).sum())
-            hist[t, Hist.ABOVE] += int((key >= hi).sum())
-            inside = key[(key >= lo) & (key < hi)]
-            hist[t, Hist.FIRST_BIN:] += torch.bincount((inside - lo) >> shift, minlength=NB)
+            hist[t, Hist.ABOVE] += counts[NB + 1]
+            hist[t, Hist.FIRST_BIN:] += counts[1:NB + 1]
 
     def apply(self, g: Group, dec: Tensor, decay: Tensor, cnt: Tensor, ckey: Tensor, cidx: Tensor,
               mask_out: bool) -> None:
@@ -66,6 +69,7 @@ class TorchTopkKernels(TopkKernels):
                 continue
             v = g.tensors[t]
             _, key = _keys(g, t)
+            g.scratch.pop(t, None)                      # the tensor changes now
             lo, hi = row[Decision.LO], row[Decision.HI]
             keep = (key >= hi).view(v.shape)
             if mask_out:
