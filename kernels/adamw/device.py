@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 
 from .._schema import AdamHyp, AdamPtrs, Hist, Window
-from ..topk.phases import PreHist, Projection, Target, TopkState, run, warm_window
+from ..topk.phases import PreHist, Projection, Target, TopkState, run
+from ..topk.search import warm_window
 from ..topk.reference import protect_view
 from ..topk.tables import TopkKernels, base_and_offsets, block_table
 from .reference import AdamWTensor, grad_rms_scale

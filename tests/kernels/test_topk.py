@@ -17,7 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sparseformer.kernels import TopkState, available, project_topk_, topk_mask
-from sparseformer.kernels.topk import Target, phases, project_
+from sparseformer.kernels.topk import Target, phases, project_, search
 from sparseformer.kernels.topk.reference import per_tensor, topk_mask_ref
 
 GPU = torch.cuda.is_available()
@@ -168,7 +168,7 @@ def test_warm_start_follows_moving_weights(backend):
 def test_refinement_and_full_range_fallback(backend, monkeypatch):
     """Force the slow paths: candidates over the cap (window refinement) and a missed sample window."""
     skip_unless_available(backend)
-    monkeypatch.setattr(phases, "CAND_CAP", 3)
+    monkeypatch.setattr(search, "CAND_CAP", 3)
 
     def bogus(K, g, searches, sampled):
         return [(0, 0)] * len(sampled)                           # window [0, 2048) misses every real key
