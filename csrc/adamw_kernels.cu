@@ -1,7 +1,7 @@
-// The fused Adam pass of SparseAdamW (kernels/adamw.py gives the math, kernels/adamw_triton.py the same
-// pass in Triton): read p, g, m, v; write p, m, v; for a projected tensor with a warm window also build
-// the projection's first histogram in shared memory. IEEE division and square root (__fdiv_rn,
-// __fsqrt_rn) keep the result independent of --use_fast_math.
+// The fused Adam pass of SparseAdamW (kernels/adamw/reference.py gives the math,
+// kernels/adamw/triton_kernels.py the same pass in Triton): read p, g, m, v; write p, m, v; for a
+// projected tensor with an active window also build the projection's first histogram (WindowHist).
+// IEEE division and square root (__fdiv_rn, __fsqrt_rn) keep the result independent of --use_fast_math.
 #include "sf_common.cuh"
 
 namespace sf {
@@ -13,30 +13,25 @@ __device__ __forceinline__ float rnd(float x) { return to_f(from_f<T>(x)); }
 template <typename T>
 __global__ void __launch_bounds__(kThreads) adamw_kernel(
     const int32_t* prog_tid, const int64_t* prog_start, const int64_t* ptrs, const float* hyp,
-    const float* scale, const int64_t* win, int32_t* hist, int64_t* stats) {
+    const float* scale, const int64_t* win, int64_t* hist) {
   __shared__ int32_t bins[kBins];
   __shared__ int64_t scratch[32];
   const int64_t t = prog_tid[blockIdx.x];
-  const int64_t* pr = ptrs + kMetaCols * t;
-  T* p = reinterpret_cast<T*>(pr[0]);
-  const T* g = reinterpret_cast<const T*>(pr[1]);
-  T* mm = reinterpret_cast<T*>(pr[2]);
-  T* vv = reinterpret_cast<T*>(pr[3]);
-  const int64_t n = pr[4], j = pr[5], q0 = prog_start[blockIdx.x];
-  const float* h = hyp + 8 * t;
-  const float step_size = h[0], bc2 = h[1], eps = h[2], omb1 = h[3], beta2 = h[4], dec = h[5], omb2 = h[6];
+  const int64_t* pr = ptrs + adam_ptrs::kWidth * t;
+  T* p = reinterpret_cast<T*>(pr[adam_ptrs::kP]);
+  const T* g = reinterpret_cast<const T*>(pr[adam_ptrs::kG]);
+  T* mm = reinterpret_cast<T*>(pr[adam_ptrs::kM]);
+  T* vv = reinterpret_cast<T*>(pr[adam_ptrs::kV]);
+  const int64_t n = pr[adam_ptrs::kNumel], slot = pr[adam_ptrs::kSlot], q0 = prog_start[blockIdx.x];
+  const float* h = hyp + adam_hyp::kWidth * t;
+  const float step_size = h[adam_hyp::kStepSize], bc2 = h[adam_hyp::kBc2], eps = h[adam_hyp::kEps];
+  const float omb1 = h[adam_hyp::kOmb1], beta2 = h[adam_hyp::kBeta2], dec = h[adam_hyp::kDecay];
+  const float omb2 = h[adam_hyp::kOmb2];
   const float s = *scale;
-  const bool do_hist = j >= 0 && win[4 * j + 2] != 0;  // uniform over the block
-  int64_t lo = 0, shift = 0, hi = 0;
-  WindowHist wh{bins};
-  if (do_hist) {
-    lo = win[4 * j];
-    shift = win[4 * j + 1];
-    hi = lo + (static_cast<int64_t>(kBins) << shift);
-    wh.clear();
-    __syncthreads();
-  }
-  int64_t above = 0, bad = 0;
+  const int64_t* win_row = slot >= 0 ? win + window::kWidth * slot : nullptr;
+  const bool do_hist = win_row != nullptr && win_row[window::kActive] != 0;  // uniform over the block
+  WindowHist wh{bins, scratch};
+  if (do_hist) wh.begin(win_row);
 #pragma unroll 4
   for (int i = 0; i < kItems; ++i) {
     const int64_t q = q0 + static_cast<int64_t>(i) * kThreads + threadIdx.x;
@@ -58,37 +53,21 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(
       vv[q] = from_f<T>(v2);
       if (do_hist) {
         const uint32_t raw = __float_as_uint(fabsf(to_f(pn)));
-        const int64_t key = raw;
-        bad += raw >= 0x7F800000u;
-        if (key >= hi) ++above;
-        else if (key >= lo) atomicAdd(&bins[(key - lo) >> shift], 1);
+        wh.add(raw, static_cast<int64_t>(raw));
       }
     }
   }
-  if (do_hist) {
-    __syncthreads();
-    wh.flush(hist + j * kBins);
-    const int64_t a = block_sum(above, scratch);
-    if (threadIdx.x == 0 && a) atomicAdd(reinterpret_cast<unsigned long long*>(stats + 4 * j), (unsigned long long)a);
-    const int64_t b = block_sum(bad, scratch);
-    if (threadIdx.x == 0 && b) atomicAdd(reinterpret_cast<unsigned long long*>(stats + 4 * j + 1), (unsigned long long)b);
-  }
+  if (do_hist) wh.flush(hist + hist::kWidth * slot);
 }
 
 }  // namespace
 
 cudaError_t adamw(const int32_t* prog_tid, const int64_t* prog_start, int64_t P, const int64_t* ptrs,
-                  const float* hyp, const float* scale, const int64_t* win, int32_t* hist, int64_t* stats,
-                  int dtype, cudaStream_t stream) {
+                  const float* hyp, const float* scale, const int64_t* win, int64_t* hist, int dtype,
+                  cudaStream_t stream) {
   if (P == 0) return cudaSuccess;
-  const unsigned blocks = static_cast<unsigned>(P);
-  switch (dtype) {
-    case 0: adamw_kernel<float><<<blocks, kThreads, 0, stream>>>(prog_tid, prog_start, ptrs, hyp, scale, win, hist, stats); break;
-    case 1: adamw_kernel<__half><<<blocks, kThreads, 0, stream>>>(prog_tid, prog_start, ptrs, hyp, scale, win, hist, stats); break;
-    case 2: adamw_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(prog_tid, prog_start, ptrs, hyp, scale, win, hist, stats); break;
-    case 3: adamw_kernel<double><<<blocks, kThreads, 0, stream>>>(prog_tid, prog_start, ptrs, hyp, scale, win, hist, stats); break;
-    default: return cudaErrorInvalidValue;
-  }
+  SF_DISPATCH(dtype, (adamw_kernel<T><<<static_cast<unsigned>(P), kThreads, 0, stream>>>(
+                         prog_tid, prog_start, ptrs, hyp, scale, win, hist)));
   return cudaGetLastError();
 }
 

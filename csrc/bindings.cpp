@@ -1,6 +1,6 @@
 // Python bindings of the CUDA kernels: sparseformer.kernels._C. Each op checks its tensors (device,
-// dtype, contiguity) and launches on the current stream; kernels/topk_cuda.py calls them with the tables
-// that kernels/topk_device.py and kernels/adamw_device.py build.
+// dtype, contiguity, table widths) and launches on the current stream; kernels/topk/cuda_kernels.py and
+// kernels/adamw/cuda_kernels.py call them with the tables of csrc/sf_kernels.h.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -16,19 +16,25 @@ void check(const at::Tensor& t, at::ScalarType st, const char* op, const char* n
               c10::toString(t.scalar_type()));
 }
 
+void check_table(const at::Tensor& t, at::ScalarType st, int64_t width, const char* op, const char* name) {
+  check(t, st, op, name);
+  TORCH_CHECK(t.dim() == 2 && t.size(1) == width, op, ": ", name, " must be [T, ", width, "], got ", t.sizes());
+}
+
 void done(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
 }
 
 int dtype_code(int64_t code) {
-  TORCH_CHECK(code >= 0 && code <= 3, "dtype code must be 0 (f32), 1 (f16), 2 (bf16) or 3 (f64), got ", code);
+  TORCH_CHECK(code >= sf::dtype_code::kFloat32 && code <= sf::dtype_code::kFloat64,
+              "dtype code must be 0 (f32), 1 (f16), 2 (bf16) or 3 (f64), got ", code);
   return static_cast<int>(code);
 }
 
 void topk_sample(at::Tensor meta, at::Tensor thr, at::Tensor cut, at::Tensor out, int64_t dtype) {
   const char* op = "topk_sample";
-  check(meta, at::kLong, op, "meta"); check(thr, at::kLong, op, "thr"); check(cut, at::kLong, op, "cut");
-  check(out, at::kLong, op, "out");
+  check_table(meta, at::kLong, sf::meta::kWidth, op, "meta");
+  check(thr, at::kLong, op, "thr"); check(cut, at::kLong, op, "cut"); check(out, at::kLong, op, "out");
   TORCH_CHECK(out.dim() == 2 && out.size(0) == meta.size(0), op, ": out must be [T, S]");
   const c10::cuda::CUDAGuard guard(meta.device());
   done(sf::topk_sample(meta.data_ptr<int64_t>(), thr.data_ptr<int64_t>(), cut.data_ptr<int64_t>(),
@@ -37,31 +43,34 @@ void topk_sample(at::Tensor meta, at::Tensor thr, at::Tensor cut, at::Tensor out
 }
 
 void topk_hist(at::Tensor prog_tid, at::Tensor prog_start, at::Tensor meta, at::Tensor thr, at::Tensor cut,
-               at::Tensor win, at::Tensor hist, at::Tensor stats, int64_t dtype) {
+               at::Tensor win, at::Tensor hist, int64_t dtype) {
   const char* op = "topk_hist";
   check(prog_tid, at::kInt, op, "prog_tid"); check(prog_start, at::kLong, op, "prog_start");
-  check(meta, at::kLong, op, "meta"); check(thr, at::kLong, op, "thr"); check(cut, at::kLong, op, "cut");
-  check(win, at::kLong, op, "win"); check(hist, at::kInt, op, "hist"); check(stats, at::kLong, op, "stats");
-  TORCH_CHECK(hist.dim() == 2 && hist.size(1) == sf::kBins, op, ": hist must be [T, ", sf::kBins, "]");
+  check_table(meta, at::kLong, sf::meta::kWidth, op, "meta");
+  check(thr, at::kLong, op, "thr"); check(cut, at::kLong, op, "cut");
+  check_table(win, at::kLong, sf::window::kWidth, op, "win");
+  check_table(hist, at::kLong, sf::hist::kWidth, op, "hist");
   const c10::cuda::CUDAGuard guard(meta.device());
   done(sf::topk_hist(prog_tid.data_ptr<int32_t>(), prog_start.data_ptr<int64_t>(), prog_tid.numel(),
                      meta.data_ptr<int64_t>(), thr.data_ptr<int64_t>(), cut.data_ptr<int64_t>(),
-                     win.data_ptr<int64_t>(), hist.data_ptr<int32_t>(), stats.data_ptr<int64_t>(),
-                     dtype_code(dtype), c10::cuda::getCurrentCUDAStream()), op);
+                     win.data_ptr<int64_t>(), hist.data_ptr<int64_t>(), dtype_code(dtype),
+                     c10::cuda::getCurrentCUDAStream()), op);
 }
 
 void topk_apply(at::Tensor prog_tid, at::Tensor prog_start, at::Tensor meta, at::Tensor thr, at::Tensor cut,
-                at::Tensor fin, at::Tensor decay, at::Tensor cnt, at::Tensor ckey, at::Tensor cidx,
+                at::Tensor dec, at::Tensor decay, at::Tensor cnt, at::Tensor ckey, at::Tensor cidx,
                 int64_t dtype, bool mask_out) {
   const char* op = "topk_apply";
   check(prog_tid, at::kInt, op, "prog_tid"); check(prog_start, at::kLong, op, "prog_start");
-  check(meta, at::kLong, op, "meta"); check(thr, at::kLong, op, "thr"); check(cut, at::kLong, op, "cut");
-  check(fin, at::kLong, op, "fin"); check(decay, at::kFloat, op, "decay"); check(cnt, at::kInt, op, "cnt");
+  check_table(meta, at::kLong, sf::meta::kWidth, op, "meta");
+  check(thr, at::kLong, op, "thr"); check(cut, at::kLong, op, "cut");
+  check_table(dec, at::kLong, sf::decision::kWidth, op, "dec");
+  check(decay, at::kFloat, op, "decay"); check(cnt, at::kInt, op, "cnt");
   check(ckey, at::kLong, op, "ckey"); check(cidx, at::kLong, op, "cidx");
   const c10::cuda::CUDAGuard guard(meta.device());
   done(sf::topk_apply(prog_tid.data_ptr<int32_t>(), prog_start.data_ptr<int64_t>(), prog_tid.numel(),
                       meta.data_ptr<int64_t>(), thr.data_ptr<int64_t>(), cut.data_ptr<int64_t>(),
-                      fin.data_ptr<int64_t>(), decay.data_ptr<float>(), cnt.data_ptr<int32_t>(),
+                      dec.data_ptr<int64_t>(), decay.data_ptr<float>(), cnt.data_ptr<int32_t>(),
                       ckey.data_ptr<int64_t>(), cidx.data_ptr<int64_t>(), dtype_code(dtype), mask_out,
                       c10::cuda::getCurrentCUDAStream()), op);
 }
@@ -69,7 +78,7 @@ void topk_apply(at::Tensor prog_tid, at::Tensor prog_start, at::Tensor meta, at:
 void topk_scatter(at::Tensor tid, at::Tensor idx, at::Tensor fac, at::Tensor meta, int64_t dtype, bool mask_out) {
   const char* op = "topk_scatter";
   check(tid, at::kLong, op, "tid"); check(idx, at::kLong, op, "idx"); check(fac, at::kFloat, op, "fac");
-  check(meta, at::kLong, op, "meta");
+  check_table(meta, at::kLong, sf::meta::kWidth, op, "meta");
   TORCH_CHECK(tid.numel() == idx.numel() && fac.numel() == idx.numel(), op, ": tid, idx, fac differ in size");
   const c10::cuda::CUDAGuard guard(meta.device());
   done(sf::topk_scatter(tid.data_ptr<int64_t>(), idx.data_ptr<int64_t>(), fac.data_ptr<float>(), idx.numel(),
@@ -78,17 +87,18 @@ void topk_scatter(at::Tensor tid, at::Tensor idx, at::Tensor fac, at::Tensor met
 }
 
 void adamw(at::Tensor prog_tid, at::Tensor prog_start, at::Tensor ptrs, at::Tensor hyp, at::Tensor scale,
-           at::Tensor win, at::Tensor hist, at::Tensor stats, int64_t dtype) {
+           at::Tensor win, at::Tensor hist, int64_t dtype) {
   const char* op = "adamw";
   check(prog_tid, at::kInt, op, "prog_tid"); check(prog_start, at::kLong, op, "prog_start");
-  check(ptrs, at::kLong, op, "ptrs"); check(hyp, at::kFloat, op, "hyp"); check(scale, at::kFloat, op, "scale");
-  check(win, at::kLong, op, "win"); check(hist, at::kInt, op, "hist"); check(stats, at::kLong, op, "stats");
-  TORCH_CHECK(hist.dim() == 2 && hist.size(1) == sf::kBins, op, ": hist must be [T, ", sf::kBins, "]");
+  check_table(ptrs, at::kLong, sf::adam_ptrs::kWidth, op, "ptrs");
+  check_table(hyp, at::kFloat, sf::adam_hyp::kWidth, op, "hyp");
+  check(scale, at::kFloat, op, "scale");
+  check_table(win, at::kLong, sf::window::kWidth, op, "win");
+  check_table(hist, at::kLong, sf::hist::kWidth, op, "hist");
   const c10::cuda::CUDAGuard guard(ptrs.device());
   done(sf::adamw(prog_tid.data_ptr<int32_t>(), prog_start.data_ptr<int64_t>(), prog_tid.numel(),
                  ptrs.data_ptr<int64_t>(), hyp.data_ptr<float>(), scale.data_ptr<float>(), win.data_ptr<int64_t>(),
-                 hist.data_ptr<int32_t>(), stats.data_ptr<int64_t>(), dtype_code(dtype),
-                 c10::cuda::getCurrentCUDAStream()), op);
+                 hist.data_ptr<int64_t>(), dtype_code(dtype), c10::cuda::getCurrentCUDAStream()), op);
 }
 
 }  // namespace

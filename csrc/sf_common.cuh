@@ -1,5 +1,5 @@
-// Device helpers shared by the top-k and AdamW kernels: dtype conversion, selection keys, the
-// block-local window histogram. See kernels/topk_triton.py for the key and table definitions.
+// Device helpers shared by the top-k and AdamW kernels: dtype conversion and dispatch, selection keys,
+// the block-local window histogram. Keys and tables: kernels/topk/tables.py and csrc/sf_kernels.h.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -22,28 +22,36 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 // A double is rounded to float first, as the reference does (w.abs().float()).
 template <typename T> __device__ __forceinline__ float load_f(const T* p) { return to_f(*p); }
 
-constexpr int64_t kProt = int64_t(1) << 31;
+// Runs the statement with T bound to the element type of a dtype code; returns cudaErrorInvalidValue for
+// an unknown code (use inside a function returning cudaError_t).
+#define SF_DISPATCH(code, ...)                                         \
+  switch (code) {                                                      \
+    case dtype_code::kFloat32: { using T = float; __VA_ARGS__; break; }          \
+    case dtype_code::kFloat16: { using T = __half; __VA_ARGS__; break; }         \
+    case dtype_code::kBfloat16: { using T = __nv_bfloat16; __VA_ARGS__; break; } \
+    case dtype_code::kFloat64: { using T = double; __VA_ARGS__; break; }         \
+    default: return cudaErrorInvalidValue;                             \
+  }
 
-// Key of the entry at memory position q of tensor row `m` (meta row: ptr, n, R, C, transposed, protected,
-// row offset, mask ptr), and its logical flat index.
+// Key of the entry at memory position q of the tensor whose meta row is `m`, and its logical flat index.
 __device__ __forceinline__ void entry_key(float x, int64_t q, const int64_t* m, const int64_t* thr,
                                           const int64_t* cut, uint32_t& raw, int64_t& key, int64_t& idx) {
   raw = __float_as_uint(fabsf(x));
   key = static_cast<int64_t>(raw);
-  const int64_t rows = m[2], cols = m[3];
+  const int64_t rows = m[meta::kRows], cols = m[meta::kCols];
   int64_t r = 0, c = q;
   idx = q;
-  if (m[4]) {
+  if (m[meta::kTransposed]) {
     r = q % rows;
     c = q / rows;
     idx = r * cols + c;
-  } else if (m[5]) {
+  } else if (m[meta::kProtected]) {
     r = q / cols;
     c = q % cols;
   }
-  if (m[5]) {
-    const int64_t t = thr[m[6] + r];
-    if (key > t || (key == t && c <= cut[m[6] + r])) key += kProt;
+  if (m[meta::kProtected]) {
+    const int64_t* t = thr + m[meta::kRowOffset];
+    if (key > t[r] || (key == t[r] && c <= cut[m[meta::kRowOffset] + r])) key += kProt;
   }
 }
 
@@ -60,15 +68,35 @@ __device__ __forceinline__ int64_t block_sum(int64_t v, int64_t* smem_scratch) {
   return total;  // valid in thread 0 only
 }
 
-// Window histogram state of one block: counts in shared memory, flushed with one atomic per used bin.
+// One block's window histogram of one tensor: counts in shared memory, flushed into the tensor's hist row
+// (int64 [hist::kWidth]) with one global atomic per used bin. Every thread of the block must call
+// begin() and flush(); add() once per key.
 struct WindowHist {
-  int32_t* bins;   // shared, kBins
-  __device__ void clear() {
+  int32_t* bins;       // shared, kBins
+  int64_t* scratch;    // shared, 32
+  int64_t lo = 0, shift = 0, hi = 0, above = 0, bad = 0;
+
+  __device__ void begin(const int64_t* win_row) {
+    lo = win_row[window::kLo];
+    shift = win_row[window::kShift];
+    hi = lo + (static_cast<int64_t>(kBins) << shift);
     for (int i = threadIdx.x; i < kBins; i += blockDim.x) bins[i] = 0;
+    __syncthreads();
   }
-  __device__ void flush(int32_t* global) {
+  __device__ void add(uint32_t raw, int64_t key) {
+    bad += raw >= kInfBits;
+    if (key >= hi) ++above;
+    else if (key >= lo) atomicAdd(&bins[(key - lo) >> shift], 1);
+  }
+  __device__ void flush(int64_t* hist_row) {
+    __syncthreads();
+    auto* row = reinterpret_cast<unsigned long long*>(hist_row);
     for (int i = threadIdx.x; i < kBins; i += blockDim.x)
-      if (bins[i]) atomicAdd(global + i, bins[i]);
+      if (bins[i]) atomicAdd(row + hist::kFirstBin + i, static_cast<unsigned long long>(bins[i]));
+    const int64_t a = block_sum(above, scratch);
+    if (threadIdx.x == 0 && a) atomicAdd(row + hist::kAbove, static_cast<unsigned long long>(a));
+    const int64_t b = block_sum(bad, scratch);
+    if (threadIdx.x == 0 && b) atomicAdd(row + hist::kBad, static_cast<unsigned long long>(b));
   }
 };
 

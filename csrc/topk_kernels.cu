@@ -1,7 +1,7 @@
-// The streaming passes of the exact batched top-k projection (see kernels/topk_device.py for the
-// algorithm and kernels/topk_triton.py for the same passes in Triton). One block per 4096 elements of
-// one tensor; 256 threads, 16 coalesced elements each. Histograms are built in shared memory and
-// flushed with one global atomic per used bin.
+// The streaming passes of the exact batched top-k projection (kernels/topk/phases.py drives them,
+// kernels/topk/triton_kernels.py has the same passes in Triton; docs/kernels.md explains the algorithm).
+// One block per kBlock elements of one tensor; kThreads threads, kItems coalesced elements each.
+// Histograms are built in shared memory (WindowHist) and flushed with one global atomic per used bin.
 #include "sf_common.cuh"
 
 namespace sf {
@@ -13,32 +13,29 @@ __global__ void sample_kernel(const int64_t* meta, const int64_t* thr, const int
   const int64_t t = blockIdx.x;
   const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   if (j >= S) return;
-  const int64_t* m = meta + kMetaCols * t;
-  const int64_t n = m[1];
+  const int64_t* m = meta + meta::kWidth * t;
+  const int64_t n = m[meta::kNumel];
   const int64_t q = j * n / S;
   int64_t key = 0, idx;
   uint32_t raw;
-  if (q < n) entry_key(load_f(reinterpret_cast<const T*>(m[0]) + q), q, m, thr, cut, raw, key, idx);
+  if (q < n) entry_key(load_f(reinterpret_cast<const T*>(m[meta::kPtr]) + q), q, m, thr, cut, raw, key, idx);
   out[t * S + j] = key;
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) hist_kernel(
     const int32_t* prog_tid, const int64_t* prog_start, const int64_t* meta, const int64_t* thr,
-    const int64_t* cut, const int64_t* win, int32_t* hist, int64_t* stats) {
+    const int64_t* cut, const int64_t* win, int64_t* hist) {
   __shared__ int32_t bins[kBins];
   __shared__ int64_t scratch[32];
   const int64_t t = prog_tid[blockIdx.x];
-  const int64_t* w = win + 4 * t;
-  if (w[2] == 0) return;  // uniform over the block
-  const int64_t* m = meta + kMetaCols * t;
-  const T* base = reinterpret_cast<const T*>(m[0]);
-  const int64_t n = m[1], q0 = prog_start[blockIdx.x];
-  const int64_t lo = w[0], shift = w[1], hi = lo + (static_cast<int64_t>(kBins) << shift);
-  WindowHist h{bins};
-  h.clear();
-  __syncthreads();
-  int64_t above = 0, bad = 0;
+  const int64_t* w = win + window::kWidth * t;
+  if (w[window::kActive] == 0) return;  // uniform over the block
+  const int64_t* m = meta + meta::kWidth * t;
+  const T* base = reinterpret_cast<const T*>(m[meta::kPtr]);
+  const int64_t n = m[meta::kNumel], q0 = prog_start[blockIdx.x];
+  WindowHist h{bins, scratch};
+  h.begin(w);
 #pragma unroll 4
   for (int i = 0; i < kItems; ++i) {
     const int64_t q = q0 + static_cast<int64_t>(i) * kThreads + threadIdx.x;
@@ -46,35 +43,28 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(
       uint32_t raw;
       int64_t key, idx;
       entry_key(load_f(base + q), q, m, thr, cut, raw, key, idx);
-      bad += raw >= 0x7F800000u;
-      if (key >= hi) ++above;
-      else if (key >= lo) atomicAdd(&bins[(key - lo) >> shift], 1);
+      h.add(raw, key);
     }
   }
-  __syncthreads();
-  h.flush(hist + t * kBins);
-  const int64_t a = block_sum(above, scratch);
-  if (threadIdx.x == 0 && a) atomicAdd(reinterpret_cast<unsigned long long*>(stats + 4 * t), (unsigned long long)a);
-  const int64_t b = block_sum(bad, scratch);
-  if (threadIdx.x == 0 && b) atomicAdd(reinterpret_cast<unsigned long long*>(stats + 4 * t + 1), (unsigned long long)b);
+  h.flush(hist + hist::kWidth * t);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) apply_kernel(
     const int32_t* prog_tid, const int64_t* prog_start, const int64_t* meta, const int64_t* thr,
-    const int64_t* cut, const int64_t* fin, const float* decay, int32_t* cnt, int64_t* ckey, int64_t* cidx,
+    const int64_t* cut, const int64_t* dec, const float* decay, int32_t* cnt, int64_t* ckey, int64_t* cidx,
     bool mask_out) {
   __shared__ int32_t s_count;
   __shared__ int32_t s_base;
   const int64_t t = prog_tid[blockIdx.x];
-  const int64_t* f = fin + 4 * t;
-  if (f[3] == 0) return;  // uniform over the block
-  const int64_t* m = meta + kMetaCols * t;
-  T* base = reinterpret_cast<T*>(m[0]);
-  int8_t* out = reinterpret_cast<int8_t*>(m[7]);
-  const int64_t n = m[1], q0 = prog_start[blockIdx.x];
-  const int64_t lo = f[0], hi = f[1], coff = f[2];
-  const float dec = decay[t];
+  const int64_t* d = dec + decision::kWidth * t;
+  if (d[decision::kActive] == 0) return;  // uniform over the block
+  const int64_t* m = meta + meta::kWidth * t;
+  T* base = reinterpret_cast<T*>(m[meta::kPtr]);
+  int8_t* out = reinterpret_cast<int8_t*>(m[meta::kMaskPtr]);
+  const int64_t n = m[meta::kNumel], q0 = prog_start[blockIdx.x];
+  const int64_t lo = d[decision::kLo], hi = d[decision::kHi], coff = d[decision::kCandOffset];
+  const float factor = decay[t];
   if (threadIdx.x == 0) s_count = 0;
   __syncthreads();
   int64_t ck[kItems], ci[kItems];
@@ -93,8 +83,8 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(
         out[q] = keep ? 1 : 0;
       } else if (key < lo) {
         if (raw) base[q] = from_f<T>(0.0f);
-      } else if (keep && dec != 1.0f) {
-        base[q] = from_f<T>(x * dec);
+      } else if (keep && factor != 1.0f) {
+        base[q] = from_f<T>(x * factor);
       }
       if (!keep && key >= lo) {
         slot[i] = atomicAdd(&s_count, 1);
@@ -121,28 +111,19 @@ __global__ void scatter_kernel(const int64_t* tid, const int64_t* idx, const flo
                                const int64_t* meta, bool mask_out) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= M) return;
-  const int64_t* m = meta + kMetaCols * tid[j];
-  const int64_t rows = m[2], cols = m[3], i = idx[j];
-  const int64_t q = m[4] ? (i % cols) * rows + i / cols : i;
+  const int64_t* m = meta + meta::kWidth * tid[j];
+  const int64_t rows = m[meta::kRows], cols = m[meta::kCols], i = idx[j];
+  const int64_t q = m[meta::kTransposed] ? (i % cols) * rows + i / cols : i;
   const float a = fac[j];
   if (mask_out) {
-    if (a != 0.0f) reinterpret_cast<int8_t*>(m[7])[q] = 1;
+    if (a != 0.0f) reinterpret_cast<int8_t*>(m[meta::kMaskPtr])[q] = 1;
   } else {
-    T* base = reinterpret_cast<T*>(m[0]);
+    T* base = reinterpret_cast<T*>(m[meta::kPtr]);
     base[q] = from_f<T>(a == 0.0f ? 0.0f : load_f(base + q) * a);
   }
 }
 
 }  // namespace
-
-#define SF_DISPATCH(dtype, ...)                          \
-  switch (dtype) {                                       \
-    case 0: { using T = float; __VA_ARGS__; break; }     \
-    case 1: { using T = __half; __VA_ARGS__; break; }    \
-    case 2: { using T = __nv_bfloat16; __VA_ARGS__; break; } \
-    case 3: { using T = double; __VA_ARGS__; break; }    \
-    default: return cudaErrorInvalidValue;               \
-  }
 
 cudaError_t topk_sample(const int64_t* meta, const int64_t* thr, const int64_t* cut, int64_t* out,
                         int64_t T, int64_t S, int dtype, cudaStream_t stream) {
@@ -153,21 +134,21 @@ cudaError_t topk_sample(const int64_t* meta, const int64_t* thr, const int64_t* 
 }
 
 cudaError_t topk_hist(const int32_t* prog_tid, const int64_t* prog_start, int64_t P, const int64_t* meta,
-                      const int64_t* thr, const int64_t* cut, const int64_t* win, int32_t* hist,
-                      int64_t* stats, int dtype, cudaStream_t stream) {
+                      const int64_t* thr, const int64_t* cut, const int64_t* win, int64_t* hist, int dtype,
+                      cudaStream_t stream) {
   if (P == 0) return cudaSuccess;
   SF_DISPATCH(dtype, (hist_kernel<T><<<static_cast<unsigned>(P), kThreads, 0, stream>>>(
-                         prog_tid, prog_start, meta, thr, cut, win, hist, stats)));
+                         prog_tid, prog_start, meta, thr, cut, win, hist)));
   return cudaGetLastError();
 }
 
 cudaError_t topk_apply(const int32_t* prog_tid, const int64_t* prog_start, int64_t P, const int64_t* meta,
-                       const int64_t* thr, const int64_t* cut, const int64_t* fin, const float* decay,
+                       const int64_t* thr, const int64_t* cut, const int64_t* dec, const float* decay,
                        int32_t* cnt, int64_t* ckey, int64_t* cidx, int dtype, bool mask_out,
                        cudaStream_t stream) {
   if (P == 0) return cudaSuccess;
   SF_DISPATCH(dtype, (apply_kernel<T><<<static_cast<unsigned>(P), kThreads, 0, stream>>>(
-                         prog_tid, prog_start, meta, thr, cut, fin, decay, cnt, ckey, cidx, mask_out)));
+                         prog_tid, prog_start, meta, thr, cut, dec, decay, cnt, ckey, cidx, mask_out)));
   return cudaGetLastError();
 }
 

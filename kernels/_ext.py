@@ -9,6 +9,7 @@ module is missing.
 from __future__ import annotations
 
 import glob
+import importlib
 import logging
 import os
 from functools import lru_cache
@@ -44,9 +45,8 @@ def build_jit(verbose: bool = False):
 @lru_cache(maxsize=None)
 def load():
     """(module, None) when the extension is importable (prebuilt, or JIT when SPARSEFORMER_JIT=1)."""
-    try:
-        from . import _C  # type: ignore[attr-defined]
-        return _C, None
+    try:                    # by name: a compiled module that may be absent (and has no Python imports)
+        return importlib.import_module(f"{__package__}._C"), None
     except Exception as e:
         reason = f"the CUDA extension is not built ({type(e).__name__}: {e})"
     if os.environ.get("SPARSEFORMER_JIT") == "1":
@@ -55,3 +55,11 @@ def load():
         except Exception as e:
             reason += f"; JIT build failed ({type(e).__name__}: {e})"
     return None, reason
+
+
+def require():
+    """The extension module; raises RuntimeError with the reason when it is not available."""
+    ext, reason = load()
+    if ext is None:
+        raise RuntimeError(f"the CUDA extension sparseformer.kernels._C is not available: {reason}")
+    return ext

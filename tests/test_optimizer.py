@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sparseformer.kernels import available
-from sparseformer.kernels.topk import topk_mask_ref
+from sparseformer.kernels.topk.reference import topk_mask_ref
 from sparseformer.sparsity.optimizer import SparseAdamW
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
-from ..kernels.adamw import GRAD_RMS_EPS, AdamWTensor, grad_rms_scale, protect_view
+from ..kernels.adamw import GRAD_RMS_EPS, AdamWTensor
 from ..layers.owner import budget_of
 
 __all__ = ["GRAD_RMS_EPS", "SparseAdamW"]
@@ -44,14 +44,6 @@ class SparseAdamW(torch.optim.Optimizer):
         self.grad_rms_norm = grad_rms_norm
         self.backend = backend
         self._topk_state = kernels.TopkState()       # warm start of the projection (device backends)
-
-    @torch.no_grad()
-    def grad_scale(self) -> float:
-        """The factor 1/(rms + 1e-5) that normalises the global gradient RMS (1.0 when disabled)."""
-        if not self.grad_rms_norm:
-            return 1.0
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        return grad_rms_scale(grads) if grads else 1.0
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -81,7 +73,7 @@ class SparseAdamW(torch.optim.Optimizer):
                 name = group["name"] or "params"
                 name = name if len(group["params"]) == 1 else f"{name}[{i}]"      # for error messages
                 if k is not None:
-                    protect_view(p, protect)                    # validates the axis early
+                    kernels.protect_view(p, protect)            # validates the axis early
                 items.append(AdamWTensor(
                     param=p.data, grad=p.grad, exp_avg=state["exp_avg"], exp_avg_sq=state["exp_avg_sq"],
                     step=int(state["step"]), lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),

@@ -1,12 +1,10 @@
-"""The "torch" backend of the top-k projection: pure torch, exact, faster than sorting.
+"""The "torch" backend's single-process path: pure torch, exact, faster than sorting; the CPU default.
 
-It returns exactly what `topk.topk_mask_ref` returns (see topk.py for the rules) but finds the threshold
-without a full sort: a strided sample of |w| gives a lower bound `lo` for the k-th largest value, and
-`kthvalue` runs only on the entries >= lo (about k of them). Ties at the threshold go to the lowest flat
-index through `nonzero`, which lists indices in ascending order. It runs on any device; it is the CPU path.
-
-`row_protect` is shared with the device backends: it gives each row's j-th largest |w| and the last
-column that ties with it and is still protected, so a kernel can tell a protected entry from its row alone.
+It returns exactly what `reference.topk_mask_ref` returns but finds the threshold without a full sort: a
+strided sample of |w| gives a lower bound `lo` for the k-th largest value, and `kthvalue` runs only on the
+entries >= lo (about k of them). Ties at the threshold go to the lowest flat index through `nonzero`, which
+lists indices in ascending order. It runs on any device. Runs that need the phases (a reduce across ranks)
+use torch_kernels.py instead, which computes the same set by the histogram passes.
 """
 
 from __future__ import annotations
@@ -17,22 +15,23 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .topk import _check, _per_tensor
+from .protection import row_protect
+from .reference import DTYPES, check, per_tensor
 
 _SAMPLE = 4096          # sample size for the threshold estimate
 _SMALL = 1 << 15        # below this, kthvalue on everything is cheapest
 
 
 def check_fast(w: Tensor, name: str, protect: int | None) -> None:
-    """topk._check with a one-pass finiteness test (aminmax propagates NaN and shows inf)."""
-    if w.numel() == 0 or w.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        _check(w, name, protect)
+    """reference.check with a one-pass finiteness test (aminmax propagates NaN and shows inf)."""
+    if w.numel() == 0 or w.dtype not in DTYPES:
+        check(w, name, protect)
         return
     lo, hi = torch.aminmax(w.detach())
     if not math.isfinite(float(hi.float() - lo.float())):      # inf - inf and NaN are not finite either
-        _check(w, name, protect)               # raises with the reference's message
+        check(w, name, protect)                # raises with the reference's message
     if protect is not None and protect > 0 and w.ndim != 2:
-        _check(w, name, protect)
+        check(w, name, protect)
 
 
 def magnitudes(w: Tensor) -> Tensor:
@@ -96,25 +95,6 @@ def _project_one_(w: Tensor, k: int) -> None:
         drop = torch.zeros(n, dtype=torch.bool, device=w.device)
         drop[ties[ties.numel() - extra:]] = True
         w.masked_fill_(drop.view(w.shape), 0)
-def row_protect(w2d: Tensor, j: int) -> tuple[Tensor, Tensor, Tensor]:
-    """For each row of the 2-D `w2d`: its j-th largest |w| (float32), the last protected column among the
-    entries equal to it, and the bool mask of protected entries (each row's top-j, ties to the lowest column)."""
-    a = w2d.detach().abs().float()
-    rows, cols = a.shape
-    j = max(0, min(int(j), cols))
-    if j == 0 or rows == 0:
-        z = torch.zeros(rows, device=a.device)
-        return z.fill_(float("inf")), torch.full((rows,), -1, dtype=torch.long, device=a.device), \
-            torch.zeros_like(a, dtype=torch.bool)
-    thr = torch.topk(a, j, dim=1, sorted=False).values.amin(1)
-    gt = a > thr[:, None]
-    budget = j - gt.sum(1)                                  # >= 1: ties at thr still protected
-    eq = a == thr[:, None]
-    rank = eq.cumsum(1)
-    last = eq & (rank == budget[:, None])
-    colcut = last.to(torch.uint8).argmax(1)
-    prot = gt | (eq & (rank <= budget[:, None]))
-    return thr, colcut, prot
 
 
 def topk_mask_torch(w: Tensor, k: int, protect_per_row: int | None = None, name: str = "tensor") -> Tensor:
@@ -126,7 +106,7 @@ def topk_mask_torch(w: Tensor, k: int, protect_per_row: int | None = None, name:
 def project_topk_torch_(tensors: Sequence[Tensor], ks: Sequence[int], protect_per_row=None,
                         names=None) -> None:
     """In place: zero every entry of each tensor outside its top-k (all tensors checked first)."""
-    protect = _per_tensor(protect_per_row, len(tensors))
+    protect = per_tensor(protect_per_row, len(tensors))
     labels = [names[i] if names is not None else f"tensors[{i}]" for i in range(len(tensors))]
     for w, j, name in zip(tensors, protect, labels):
         check_fast(w, name, j)

@@ -1,17 +1,15 @@
-"""The SparseAdamW step (SPEC §2.4) over many tensors: reference in torch, and fused for the device backends.
+"""The SparseAdamW step over many tensors: the contract and its torch reference.
 
 One step, in this order, for every parameter that has a gradient:
 1. g <- g * s with s = 1 / (rms + 1e-5), rms = ||all gradients||_2 / sqrt(N) (one s for all tensors);
 2. m <- m + (1 - b1)(g - m); v <- b2 v + (1 - b2) g^2;
    p <- p - (lr / (1 - b1^t)) * m / (sqrt(v / (1 - b2^t)) + eps);
-3. tensors with a k keep exactly their top-k |p| (topk.py rules, optional per-row protection on a view);
+3. tensors with a k keep exactly their top-k |p| (topk/reference.py rules, optional per-row or per-column
+   protection);
 4. p <- p * (1 - lr * weight_decay) (after the projection, so zeros stay zero).
 
-The device path ("triton", "cuda") makes step 2 one pass over memory for all tensors of a dtype (read p,
-g, m, v; write p, m, v) with weight decay folded in for unprojected tensors. For projected tensors without
-protection that have a warm start (a `TopkState` from the previous step), the same pass also builds the
-first histogram of the projection (topk_device.py), so the projection costs one more pass (zero the
-losers, scale the survivors) plus small bookkeeping.
+The order and the constants follow Gao et al. 2025 (arXiv 2511.13653) and its released training code;
+docs/kernels.md describes the fused device pass (device.py) that computes the same step.
 """
 
 from __future__ import annotations
@@ -21,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from ..topk import project_topk_, protect_view
 
 GRAD_RMS_EPS = 1e-5
 
@@ -56,45 +56,18 @@ def grad_rms_scale(grads: Sequence[Tensor], *, on_device: bool = False):
     return scale if on_device else float(scale)
 
 
-def protect_view(p: Tensor, protect) -> tuple[Tensor, int | None]:
-    """The view whose rows carry the protection, and j (None when unprotected)."""
-    if not protect:
-        return p, None
-    j, axis = protect
-    if axis == "rows":
-        return p, int(j)
-    if axis == "cols":
-        return p.t(), int(j)
-    raise ValueError(f"protect axis must be 'rows' or 'cols', got {axis!r}")
-
-
-def sparse_adamw_step_(items: Sequence[AdamWTensor], *, grad_rms_norm: bool = True, backend: str | None = None,
-                       state=None) -> None:
-    """Run one SparseAdamW step in place over `items` (see the module docstring for the math)."""
-    from .dispatch import resolve
-    items = list(items)
-    if not items:
-        return
-    chosen = resolve("sparse_adamw_step_", items[0].param.device, backend)
-    if chosen == "torch" or not _fusable(items):
-        _step_torch(items, grad_rms_norm, chosen)
-    else:
-        from .adamw_device import step_device
-        step_device(items, grad_rms_norm, chosen, state)
-
-
-def _fusable(items) -> bool:
+def fusable(items: Sequence[AdamWTensor]) -> bool:
+    """Whether the fused device pass takes `items`: p, g, m, v contiguous, of one dtype among fp32/bf16/fp16."""
     return all(it.param.dtype in (torch.float32, torch.bfloat16, torch.float16)
                and it.grad.dtype == it.param.dtype and it.exp_avg.dtype == it.param.dtype
                and it.exp_avg_sq.dtype == it.param.dtype and it.param.is_contiguous() and it.grad.is_contiguous()
                and it.exp_avg.is_contiguous() and it.exp_avg_sq.is_contiguous() for it in items)
 
 
-def _step_torch(items, grad_rms_norm: bool, backend: str) -> None:
-    """The reference: plain torch ops, one tensor at a time, then one batched projection."""
-    from . import project_topk_
+def step_torch(items: Sequence[AdamWTensor], grad_rms_norm: bool, backend: str) -> None:
+    """The reference: plain torch ops, one tensor at a time, then one batched projection with `backend`."""
     scale = grad_rms_scale([it.grad for it in items]) if grad_rms_norm else 1.0
-    views, ks, prot, names, decayed = [], [], [], [], []
+    views, ks, prot, names = [], [], [], []
     for it in items:
         p, m, v = it.param, it.exp_avg, it.exp_avg_sq
         g = it.grad.mul(scale)
