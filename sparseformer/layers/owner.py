@@ -32,7 +32,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import ConfigError
 from ..kernels import project_topk_
-from ..kernels.adamw import protect_view
+from ..kernels import protect_view
 
 __all__ = ["SparseOwner", "SparseTensor", "budget_of", "owner_of", "project_owned_", "sparse_tensors"]
 
