@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..dispatch import resolve
-from ..topk import TopkState, protect_view  # noqa: F401  (protect_view: the one protection view, topk/reference.py)
-from ..topk import kernel_set as topk_kernel_set
+from ..topk import Comm, CommStats, TopkState, protect_view  # noqa: F401  (protect_view: topk/reference.py)
+from ..topk.backends import kernel_set as topk_kernel_set
 from .device import step_device
 from .reference import GRAD_RMS_EPS, AdamWTensor, fusable, grad_rms_scale, step_torch
 from .tables import AdamKernels
@@ -32,16 +32,24 @@ def kernel_set(backend: str) -> AdamKernels:
 
 
 def sparse_adamw_step_(items: Sequence[AdamWTensor], *, grad_rms_norm: bool = True, backend: str | None = None,
-                       state: TopkState | None = None) -> None:
+                       state: TopkState | None = None, comm: Comm | None = None, grad_scale=None
+                       ) -> CommStats | None:
     """Run one SparseAdamW step in place over `items` (see reference.py for the math).
 
-    `state` warm-starts the projection of the device backends from the previous step's thresholds.
+    `state` warm-starts the projection of the device backends from the previous step's thresholds (and
+    every backend's across ranks). Across ranks (FSDP: each item's param, grad and moments are this rank's
+    rows of a tensor of `global_shape` from `row_offset`), pass `comm`: the projection is then exact over
+    the whole tensors (topk/sharded.py) and the collectives it made are returned. `grad_scale` (a float or
+    a 0-d tensor) replaces the gradient-RMS scale computed from the items' gradients: across ranks the
+    caller computes it from the global gradient norm.
     """
     items = list(items)
     if not items:
-        return
+        return CommStats() if comm is not None else None
+    if comm is not None and any(it.k is not None and it.global_shape is None for it in items):
+        raise ValueError("sparse_adamw_step_: with comm, every projected item needs its global_shape")
     chosen = resolve("sparse_adamw_step_", items[0].param.device, backend)
     if chosen == "torch" or not fusable(items):
-        step_torch(items, grad_rms_norm, chosen)
-    else:
-        step_device(items, grad_rms_norm, kernel_set(chosen), topk_kernel_set(chosen), state)
+        return step_torch(items, grad_rms_norm, chosen, comm=comm, grad_scale=grad_scale, state=state)
+    return step_device(items, grad_rms_norm, kernel_set(chosen), topk_kernel_set(chosen), state, comm=comm,
+                       grad_scale=grad_scale)

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import torch
 
 from .._schema import AdamHyp, AdamPtrs, Hist, Window
-from ..topk.phases import PreHist, Projection, Target, TopkState, run
+from ..topk.phases import PreHist, Projection, Target, TopkState, run, signature
 from ..topk.search import warm_window
+from ..topk.sharded import Comm, CommStats, counted, shard_targets
 from ..topk.reference import protect_view
 from ..topk.tables import TopkKernels, base_and_offsets, block_table
 from .reference import AdamWTensor, grad_rms_scale
@@ -51,27 +52,35 @@ def _adam_group(items: Sequence[AdamWTensor], slots: Sequence[int], block: int) 
 
 
 def step_device(items: Sequence[AdamWTensor], grad_rms_norm: bool, adam: AdamKernels, topk: TopkKernels,
-                state: TopkState | None) -> None:
-    """One step (reference.py's order) with one Adam launch per dtype and one projection of all tensors."""
+                state: TopkState | None, *, comm: Comm | None = None, grad_scale=None) -> CommStats | None:
+    """One step (reference.py's order) with one Adam launch per dtype and one projection of all tensors
+    (across ranks with `comm`, when the items are shards). `grad_scale` replaces the computed scale."""
     dev = items[0].param.device
-    if grad_rms_norm:
+    if grad_scale is not None:
+        scale = torch.as_tensor(grad_scale, dtype=torch.float32, device=dev).reshape(1)
+    elif grad_rms_norm:
         scale = grad_rms_scale([it.grad for it in items], on_device=True).reshape(1)
     else:
         scale = torch.ones(1, dtype=torch.float32, device=dev)
     proj = [i for i, it in enumerate(items) if it.k is not None]
-    targets = []
-    for i in proj:
-        it = items[i]
-        view, j = protect_view(it.param, it.protect)
-        targets.append(Target(view, max(0, min(int(it.k), view.numel())), j, it.name, 1.0 - it.lr * it.weight_decay))
+    decays = [1.0 - items[i].lr * items[i].weight_decay for i in proj]
+    if comm is not None:
+        targets, _ = shard_targets([items[i].param for i in proj], [items[i].k for i in proj],
+                                   [items[i].global_shape for i in proj], [items[i].row_offset for i in proj],
+                                   [items[i].protect for i in proj], [items[i].name for i in proj], decays)
+    else:
+        targets = []
+        for i, d in zip(proj, decays):
+            view, j = protect_view(items[i].param, items[i].protect)
+            targets.append(Target(view, int(items[i].k), j, items[i].name, d))
     Tp = len(targets)
     win_rows = [[0] * Window.WIDTH for _ in range(max(Tp, 1))]
     covered = [False] * Tp
-    sig = tuple((t.view.numel(), t.view.dtype, t.view.device) for t in targets)
+    sig = signature(targets)
     centers = state.centers(sig) if state is not None and Tp else None
     if centers is not None:
-        for j, t in enumerate(targets):
-            if centers[j] >= 0 and t.protect is None and 0 < t.k < t.view.numel():
+        for j, (t, (n, _, _)) in enumerate(zip(targets, sig)):
+            if centers[j] >= 0 and t.protect is None and 0 < t.k < n:
                 covered[j] = True
                 lo, shift = warm_window(centers[j])
                 win_rows[j][Window.LO], win_rows[j][Window.SHIFT], win_rows[j][Window.ACTIVE] = lo, shift, 1
@@ -86,7 +95,10 @@ def step_device(items: Sequence[AdamWTensor], grad_rms_norm: bool, adam: AdamKer
                         adam.block)
         if g.prog_tid.numel():
             adam.adam(g, scale, win, hist)
+    stats = CommStats() if comm is not None else None
     if Tp:
         pre = PreHist([r[Window.LO] for r in win_rows[:Tp]], [r[Window.SHIFT] for r in win_rows[:Tp]], hist[:Tp],
                       covered)
-        run(Projection(targets, topk, state=state, prehist=pre))
+        proj_ = Projection(targets, topk, state=state, prehist=pre, rank=comm.rank if comm is not None else 0)
+        run(proj_, *(counted(comm, stats) if comm is not None else ()))
+    return stats

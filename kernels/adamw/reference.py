@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..topk import project_topk_, protect_view
+from ..topk import Comm, CommStats, project_topk_, project_topk_sharded_, protect_view
 
 GRAD_RMS_EPS = 1e-5
 
@@ -42,6 +42,8 @@ class AdamWTensor:
     k: int | None = None        # None: dense (no projection)
     protect: tuple | None = None  # None or (j, "rows" | "cols")
     name: str = "param"
+    global_shape: tuple | None = None  # across ranks: param is rows [row_offset, ...) of a tensor of this shape
+    row_offset: int = 0
 
 
 def grad_rms_scale(grads: Sequence[Tensor], *, on_device: bool = False):
@@ -64,10 +66,13 @@ def fusable(items: Sequence[AdamWTensor]) -> bool:
                and it.exp_avg.is_contiguous() and it.exp_avg_sq.is_contiguous() for it in items)
 
 
-def step_torch(items: Sequence[AdamWTensor], grad_rms_norm: bool, backend: str) -> None:
-    """The reference: plain torch ops, one tensor at a time, then one batched projection with `backend`."""
-    scale = grad_rms_scale([it.grad for it in items]) if grad_rms_norm else 1.0
-    views, ks, prot, names = [], [], [], []
+def step_torch(items: Sequence[AdamWTensor], grad_rms_norm: bool, backend: str, *, comm: Comm | None = None,
+               grad_scale=None, state=None) -> CommStats | None:
+    """The reference: plain torch ops, one tensor at a time, then one batched projection with `backend`
+    (across ranks with `comm`, when the items are shards). `grad_scale` replaces the computed scale."""
+    scale = grad_scale if grad_scale is not None else grad_rms_scale([it.grad for it in items]) if grad_rms_norm \
+        else 1.0
+    views, ks, prot, names, projected = [], [], [], [], []
     for it in items:
         p, m, v = it.param, it.exp_avg, it.exp_avg_sq
         g = it.grad.mul(scale)
@@ -79,9 +84,16 @@ def step_torch(items: Sequence[AdamWTensor], grad_rms_norm: bool, backend: str) 
         p.addcdiv_(m, denom, value=-it.lr / bc1)
         if it.k is not None:
             view, j = protect_view(p, it.protect)
-            views.append(view); ks.append(int(it.k)); prot.append(j); names.append(it.name)
-    if views:
+            views.append(view); ks.append(int(it.k)); prot.append(j); names.append(it.name); projected.append(it)
+    stats = None
+    if comm is not None:
+        stats = project_topk_sharded_([it.param for it in projected], ks, [it.global_shape for it in projected],
+                                      [it.row_offset for it in projected], comm,
+                                      protect=[it.protect for it in projected], names=names, backend=backend,
+                                      state=state)
+    elif views:
         project_topk_(views, ks, protect_per_row=prot, names=names, backend=backend)
     for it in items:
         if it.weight_decay:
             it.param.mul_(1 - it.lr * it.weight_decay)
+    return stats

@@ -2,9 +2,10 @@
 
 Reading order: reference.py (the contract and its readable reference) -> protection.py (per-row
 protection thresholds) -> tables.py (the tables and the `TopkKernels` interface a backend implements) ->
-torch_kernels.py / triton_kernels.py / cuda_kernels.py (the kernel sets) -> phases.py (the launcher: the
-projection as explicit phases) -> this file (the public ops; dispatch.py picks the backend). fast.py is
-the torch backend's single-process path. docs/kernels.md explains the algorithm.
+torch_kernels.py / triton_kernels.py / cuda_kernels.py (the kernel sets; backends.py maps backend names
+to them) -> search.py (one tensor's threshold search) and ranks.py (what ranks exchange) -> phases.py (the
+launcher: the projection as explicit phases) -> this file and sharded.py (the public ops; dispatch.py
+picks the backend). fast.py is the torch backend's single-process path. docs/kernels.md explains it all.
 """
 
 from __future__ import annotations
@@ -14,27 +15,17 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from ..dispatch import resolve
+from .backends import kernel_set
 from .fast import project_topk_torch_, topk_mask_torch
 from .phases import PreHist, Projection, Target, TopkState, run
+from .ranks import Shard
 from .reference import per_tensor, project_topk_ref_, protect_view, topk_mask_ref
+from .sharded import Comm, CommStats, project_topk_sharded_, topk_masks_sharded
 from .tables import TopkKernels
 
-__all__ = ["PreHist", "Projection", "Target", "TopkKernels", "TopkState", "kernel_set", "project_", "project_topk_",
-           "project_topk_ref_", "protect_view", "topk_mask", "topk_mask_ref"]
-
-
-def kernel_set(backend: str) -> TopkKernels:
-    """The kernel set of a backend ("torch", "triton" or "cuda"); Triton is imported only when asked for."""
-    if backend == "torch":
-        from .torch_kernels import TorchTopkKernels
-        return TorchTopkKernels()
-    if backend == "triton":
-        from .triton_kernels import TritonTopkKernels
-        return TritonTopkKernels()
-    if backend == "cuda":
-        from .cuda_kernels import CudaTopkKernels
-        return CudaTopkKernels()
-    raise ValueError(f"no top-k kernels for backend {backend!r}")
+__all__ = ["Comm", "CommStats", "PreHist", "Projection", "Shard", "Target", "TopkKernels", "TopkState", "kernel_set",
+           "project_", "project_topk_", "project_topk_ref_", "project_topk_sharded_", "protect_view", "topk_mask",
+           "topk_mask_ref", "topk_masks_sharded"]
 
 
 def project_(targets: Sequence[Target], backend: str, *, state: TopkState | None = None, mask_mode: bool = False,

@@ -19,7 +19,9 @@ the host side of the search: search.py):
    survive, and `scatter` fixes the others. Ties therefore go to the lowest flat index, as in reference.py.
 Each pass is one launch per dtype group. The bookkeeping runs on the host (numpy) on a copy of the
 histogram rows, so a call costs one device-to-host copy per pass instead of dozens of tiny launches.
-docs/kernels.md walks through the phases and the tables.
+Across ranks (targets with a `shard`), `protection` and `apply` also return small payloads to all-gather
+(column protection; shares of a tie group), ranks.py turns them into per-rank decisions, and the search
+refines to single keys. docs/kernels.md walks through the phases, the tables and the multi-rank case.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch import Tensor
 
 from .._schema import Decision, Hist, Window
 from .protection import row_protect_keys
+from .ranks import Shard, column_protect_payload, merge_column_protect, tie_payload, tie_quota
 from .reference import check_dtype_shape, check_finite
 from .search import FULL_SHIFT, SEARCHING, Search, Stage, decide_one, sample_windows, warm_window
 from .tables import Group, TopkKernels, build_group, set_protection
@@ -65,6 +68,7 @@ class Target:
     protect: int | None = None
     name: str = "tensor"
     decay: float = 1.0          # survivors are multiplied by it (weight decay after the projection)
+    shard: Shard | None = None  # set when `view` is one rank's part of the whole tensor (ranks.py)
 
 
 @dataclass
@@ -77,33 +81,47 @@ class PreHist:
     hist: Tensor
     covered: list[bool]
 
+
+def signature(targets: Sequence[Target]) -> tuple:
+    """What a TopkState's thresholds are valid for: each tensor's whole size, dtype and device."""
+    return tuple((t.shard.numel if t.shard is not None else t.view.numel(), t.view.dtype, t.view.device)
+                 for t in targets)
+
+
 class Projection:
     """One projection of many tensors; call its phases through `run` (see the module docstring).
 
     `mask_mode`: leave the tensors alone and return bool masks. `prehist`: a first histogram pass already
-    made for some targets. `state`: warm start, updated at the end.
+    made for some targets. `state`: warm start, updated at the end. Targets with a `shard` are this rank's
+    parts of tensors sharded across ranks (all targets or none); `rank` is then this rank's index in the
+    gathers, and k is over the whole tensor.
     """
 
     def __init__(self, targets: Sequence[Target], kernels: TopkKernels, *, state: TopkState | None = None,
-                 mask_mode: bool = False, prehist: PreHist | None = None):
+                 mask_mode: bool = False, prehist: PreHist | None = None, rank: int = 0):
         for t in targets:
             check_dtype_shape(t.view, t.name, t.protect)
         if len({t.view.device for t in targets}) > 1:
             raise ValueError("top-k projection: every tensor of one call must be on one device")
+        self.sharded = bool(targets) and targets[0].shard is not None
+        if any((t.shard is not None) != self.sharded for t in targets):
+            raise ValueError("top-k projection: either every tensor of one call is sharded or none is")
         by_dtype: dict = {}
         for i, t in enumerate(targets):
             by_dtype.setdefault(t.view.dtype, []).append(i)
         self.order = [i for idx in by_dtype.values() for i in idx]       # internal position -> caller's
-        self.K, self.mask_mode, self.state = kernels, mask_mode, state
-        self.signature = tuple((t.view.numel(), t.view.dtype, t.view.device) for t in targets)
+        self.K, self.mask_mode, self.state, self.rank = kernels, mask_mode, state, rank
+        self.signature = signature(targets)
+        numel = [n for n, _, _ in self.signature]
         centers = state.centers(self.signature) if state is not None else None
         self.targets = [targets[i] for i in self.order]
         self.search = []
-        for i, t in zip(self.order, self.targets):
-            n = t.view.numel()
-            k = max(0, min(int(t.k), n))
+        for i in self.order:
+            n = numel[i]
+            k = max(0, min(int(targets[i].k), n))
             center = centers[i] if centers is not None else -1
-            stage = Stage.DECIDED if k in (0, n) else (Stage.WARM if center >= 0 else Stage.SAMPLE)
+            guess = Stage.FULL if self.sharded else Stage.SAMPLE
+            stage = Stage.DECIDED if k in (0, n) else (Stage.WARM if center >= 0 else guess)
             self.search.append(Search(k, n, stage, center))
         self.pre = None
         if prehist is not None:
@@ -123,13 +141,43 @@ class Projection:
         self.hist = torch.zeros(T, Hist.WIDTH, dtype=torch.long, device=self.device)
         self.passes = 0
         self.todo: list[int] = []
+        self.thresholds: list = [None] * T
+        self.pending: list[int] = []          # targets whose protection needs every rank (column protection)
         self.candidates = None
+        self.split: list[int] = []            # targets whose ties at the threshold are shared out across ranks
 
     # phase 0 ------------------------------------------------------------------------------------------
-    def protection(self) -> None:
-        """Per-row protection thresholds of the protected tensors (rows are whole in one process)."""
+    def protection(self) -> Tensor | None:
+        """Per-row protection thresholds. Rows are whole on a rank, except the rows of a transposed view
+        (column protection of a sharded tensor): for those, returns this rank's candidates (int64) to
+        gather from every rank and pass to `receive_protection`; None when nothing needs gathering."""
+        parts = []
+        for i, t in enumerate(self.targets):
+            if not t.protect:
+                continue
+            if t.shard is not None and t.shard.transposed:
+                parts.append(column_protect_payload(t.view, t.protect, t.shard))
+                self.pending.append(i)
+            else:
+                self.thresholds[i] = row_protect_keys(t.view, t.protect)
+        if not parts:
+            self._set_protection()
+            return None
+        return torch.cat(parts)
+
+    def receive_protection(self, gathered: Tensor) -> None:
+        """Every rank's `protection` payload ([world, L]): the thresholds of the transposed views."""
+        off = 0
+        for i in self.pending:
+            t = self.targets[i]
+            C, width = t.view.shape[0], min(t.protect, t.shard.rows)
+            self.thresholds[i] = merge_column_protect(gathered[:, off:off + C * width], C, t.protect, t.shard)
+            off += C * width
+        self._set_protection()
+
+    def _set_protection(self) -> None:
         for sl, g in self.groups:
-            set_protection(g, [row_protect_keys(v, j) if j else None for v, j in zip(g.tensors, g.protect)])
+            set_protection(g, self.thresholds[sl])
 
     # phase 1 ------------------------------------------------------------------------------------------
     def histogram(self) -> Tensor | None:
@@ -186,12 +234,14 @@ class Projection:
                     raise ValueError(f"top-k projection: tensor {t.name!r} contains NaN or inf")
         for pos, i in enumerate(self.todo):
             if self.search[i].stage in SEARCHING:
-                decide_one(self.search[i], h[pos], self.targets[i].name)
+                decide_one(self.search[i], h[pos], self.targets[i].name, across_ranks=self.sharded)
 
     # phase 3 ------------------------------------------------------------------------------------------
-    def apply(self) -> None:
-        """Zero the keys below each final bin, keep (and decay) those above, list those inside it."""
-        rows, coff = [], 0
+    def apply(self) -> Tensor | None:
+        """Zero the keys below each final bin, keep (and decay) those above, list those inside it. Across
+        ranks, returns what this rank holds of the ties that must be shared out (int64, to gather from
+        every rank and pass to `settle`), or None when no tensor needs that."""
+        rows, offsets, coff = [], [], 0
         for s, t in zip(self.search, self.targets):
             row = [0] * Decision.WIDTH
             if s.stage == Stage.DECIDED:
@@ -200,8 +250,9 @@ class Projection:
             else:
                 row[Decision.LO], row[Decision.HI] = s.lo, s.lo + (1 << s.shift)
                 row[Decision.CAND_OFFSET], row[Decision.ACTIVE] = coff, 1
-                coff += s.count
+                coff += s.count                 # the whole tensor's count: room for this rank's share
             rows.append(row)
+            offsets.append(row[Decision.CAND_OFFSET])
         dev = self.device
         dec = torch.tensor(rows, dtype=torch.long, device=dev).reshape(-1, Decision.WIDTH)
         decay = torch.tensor([t.decay for t in self.targets], dtype=torch.float32, device=dev)
@@ -210,14 +261,42 @@ class Projection:
         cidx = torch.empty(max(coff, 1), dtype=torch.long, device=dev)
         for sl, g in self.groups:
             self.K.apply(g, dec[sl], decay[sl], cnt[sl], ckey, cidx, self.mask_mode)
-        self.candidates = (ckey[:coff], cidx[:coff])
+        if not self.sharded:
+            self.counts = [s.count if s.stage == Stage.DONE else 0 for s in self.search]
+            self.candidates = (ckey[:coff], cidx[:coff])
+            return None
+        self.counts = cnt.tolist()
+        keep = [torch.arange(o, o + c, device=dev) for o, c in zip(offsets, self.counts) if c]
+        pos = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long, device=dev)
+        self.candidates = (ckey[pos], cidx[pos])
+        parts, start = [], 0
+        for i, (s, t) in enumerate(zip(self.search, self.targets)):
+            if s.stage == Stage.DONE and s.need < s.count:
+                idx = self.candidates[1][start:start + self.counts[i]]
+                C, cols = t.view.shape[0], (t.view.shape[1] if t.view.ndim == 2 else 1)
+                per_row = torch.bincount(idx // max(cols, 1), minlength=C) if t.shard.transposed else \
+                    torch.tensor([self.counts[i]], device=dev)
+                parts.append(tie_payload(t.shard, per_row))
+                self.split.append(i)
+            start += self.counts[i]
+        return torch.cat(parts) if parts else None
 
     # phase 4 ------------------------------------------------------------------------------------------
-    def settle(self) -> list[Tensor] | None:
-        """Keep the first `need` listed keys of each tensor; copy back; remember the thresholds."""
-        counts = [s.count if s.stage == Stage.DONE else 0 for s in self.search]
-        if sum(counts) > 0:
-            self._settle_candidates(counts, [s.need for s in self.search])
+    def settle(self, gathered: Tensor | None = None) -> list[Tensor] | None:
+        """Keep each tensor's share of the listed keys (key descending, index ascending): in one process
+        the first `need`; across ranks, the share `ranks.tie_quota` computes from every rank's `apply`
+        payload (`gathered`, [world, L]). Then copy back and remember the thresholds."""
+        quota = [s.need for s in self.search]
+        if self.sharded:
+            quota = list(self.counts)                  # all ties survive unless they are shared out
+            off = 0
+            for i in self.split:
+                t = self.targets[i]
+                width = 1 + (t.view.shape[0] if t.shard.transposed else 1)
+                quota[i] = tie_quota(gathered[:, off:off + width], self.rank, self.search[i].need, t.shard)
+                off += width
+        if sum(self.counts) > 0:
+            self._settle_candidates(self.counts, quota)
         for w, tmp in self.copies:
             w.copy_(tmp)
         if self.state is not None:
@@ -267,15 +346,19 @@ class Projection:
 
 
 Reduce = Callable[[Tensor], None]
+Gather = Callable[[Tensor], Tensor]
 
 
-def run(proj: Projection, reduce: Reduce | None = None) -> list[Tensor] | None:
-    """Drive a projection through its phases; `reduce` sums an int64 tensor across ranks in place (None in
-    one process). Returns the masks in mask mode."""
-    proj.protection()
+def run(proj: Projection, reduce: Reduce | None = None, gather: Gather | None = None) -> list[Tensor] | None:
+    """Drive a projection through its phases. `reduce` sums an int64 tensor across ranks in place and
+    `gather` stacks a flat int64 tensor from every rank ([world, L], rank order); both None in one process,
+    where no phase needs them. Returns the masks in mask mode."""
+    payload = proj.protection()
+    if payload is not None:
+        proj.receive_protection(gather(payload))
     while (rows := proj.histogram()) is not None:
         if reduce is not None:
             reduce(rows)
         proj.decide(rows)
-    proj.apply()
-    return proj.settle()
+    ties = proj.apply()
+    return proj.settle(gather(ties) if ties is not None else None)

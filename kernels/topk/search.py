@@ -82,8 +82,12 @@ def sample_windows(K: TopkKernels, g: Group, searches: Sequence[Search], sampled
     return out
 
 
-def decide_one(s: Search, row: np.ndarray, name: str) -> None:
-    """Advance one search from its (summed) Hist row: next guess, refine, or DONE."""
+def decide_one(s: Search, row: np.ndarray, name: str, *, across_ranks: bool = False) -> None:
+    """Advance one search from its (summed) Hist row: next guess, refine, or DONE.
+
+    `across_ranks`: the tensor is sharded, so no rank can sort the candidates of a bin that holds several
+    keys: refine down to single keys (shift 0), and never guess from samples (ranks would sample apart).
+    """
     above = int(row[Hist.ABOVE])
     h = row[Hist.FIRST_BIN:]
     need = s.k - above
@@ -92,13 +96,15 @@ def decide_one(s: Search, row: np.ndarray, name: str) -> None:
         if s.stage not in NEXT_GUESS:
             raise RuntimeError(f"top-k projection: internal error, no bin found for {name!r}")
         s.stage = NEXT_GUESS[s.stage]
+        if across_ranks and s.stage == Stage.SAMPLE:
+            s.stage = Stage.FULL
         return
     j = int(np.argmax(rc >= need))
     b = NB - 1 - j
     greater = above + (int(rc[j - 1]) if j > 0 else 0)
     count = int(h[b])
     bin_lo = s.lo + (b << s.shift)
-    if count > CAND_CAP and s.shift > 0:                    # too many candidates: zoom in
+    if s.shift > 0 and (count > CAND_CAP or across_ranks):  # too many candidates (or keys): zoom in
         s.lo, s.shift, s.stage = bin_lo, max(0, s.shift - LOG_NB), Stage.REFINE
     else:
         s.lo, s.need, s.count, s.stage = bin_lo, s.k - greater, count, Stage.DONE
