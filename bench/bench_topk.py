@@ -1,8 +1,13 @@
 """Benchmark the exact top-k projection and the SparseAdamW step on the paper's parameter sets.
 
     python bench/bench_topk.py [--out bench/results] [--name topk_cpu] [--presets tiny,d1024] [--layers 1] [--quick]
+    python bench/bench_topk.py --ranks 4 [--presets ...]      # the projection across ranks: collectives per step
 
-writes OUT/NAME.json and OUT/NAME.md (NAME defaults to topk_<device type>).
+writes OUT/NAME.json and OUT/NAME.md (NAME defaults to topk_<device type>, or topk_sharded_<device type>).
+With --ranks N it instead simulates N ranks (one thread each, torch backend, each tensor's rows split as
+FSDP2 splits them, the paper's per-neuron protection j = 4) and reports, for a cold step and a warm one
+(a TopkState from the previous step), the collectives every rank made and the bytes each carried, with a
+check that the kept set equals the single-process projection.
 
 Per preset (the sparse tensors of one model) and provider it reports the median time, the time net of
 restoring the dense weights (the projection is destructive, so every timed call first copies the dense
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 
 import torch
 
@@ -32,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import env_header, guarded, time_ms, write_results  # noqa: E402
 
 from sparseformer.kernels import TopkState, available, project_topk_  # noqa: E402
-from sparseformer.kernels.topk import Target, project_  # noqa: E402
+from sparseformer.kernels.topk import Comm, Target, project_, project_topk_sharded_, protect_view  # noqa: E402
 from sparseformer.sparsity.optimizer import SparseAdamW  # noqa: E402
 
 PRESETS = {"d2048": (2048, 8), "d1024": (1024, 12), "tiny": (128, 2)}
@@ -177,6 +183,59 @@ def bench_optimizer(preset, specs, backends, device, rows):
             r["x_adam"] = r["median_ms"] / adam_ms
 
 
+def _simulated_ranks(world, fn):
+    """fn(rank, comm) on one thread per rank, collectives meeting at a barrier; results in rank order."""
+    slots, barrier, out = [None] * world, threading.Barrier(world, timeout=600), [None] * world
+
+    def meet(rank, t):
+        slots[rank] = t.clone()
+        barrier.wait()
+        got = torch.stack(slots)
+        barrier.wait()
+        return got
+
+    def comm(rank):
+        return Comm(rank, world, lambda t: t.copy_(meet(rank, t).sum(0)), lambda t: meet(rank, t))
+
+    threads = [threading.Thread(target=lambda r=r: out.__setitem__(r, fn(r, comm(r)))) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def bench_sharded(preset, specs, world, rows):
+    """Collectives and bytes per step of the projection across `world` simulated ranks (see the docstring)."""
+    W = Weights(specs, "cpu")
+    rules = [p for _, _, _, p in specs]
+    views = [protect_view(w, r) for w, r in zip(W.tensors, rules)]
+    project_topk_([v for v, _ in views], W.ks, protect_per_row=[j for _, j in views], backend="torch")
+    expected = [w.clone() for w in W.tensors]
+    W.restore()
+    chunks = [-(-w.shape[0] // world) for w in W.tensors]
+    states = [TopkState() for _ in range(world)]
+    base = {"preset": preset, "tensors": len(specs), "params_M": W.flat.numel() / 1e6, "ranks": world}
+    for phase in ("cold", "warm"):
+        W.restore()
+
+        def rank_fn(r, comm):
+            local = [w[r * c:(r + 1) * c] for w, c in zip(W.tensors, chunks)]
+            return project_topk_sharded_(local, W.ks, [w.shape for w in W.tensors], [r * c for c in chunks], comm,
+                                         protect=rules, names=W.names, backend="torch", state=states[r])
+
+        stats = _simulated_ranks(world, rank_fn)
+        s = stats[0]
+        rows.append(dict(base, provider=f"across {world} ranks, {phase}",
+                         passes=sum(what.startswith("histograms") for _, what, _ in s.calls),
+                         reduce_calls=s.count("all_reduce"), reduce_kB=s.bytes("all_reduce") / 1e3,
+                         gather_calls=s.count("all_gather"), gather_kB=s.bytes("all_gather") / 1e3,
+                         total_kB=s.bytes() / 1e3,
+                         same_on_all_ranks=all(x.calls == s.calls for x in stats),
+                         exact=all(torch.equal(w, e) for w, e in zip(W.tensors, expected)),
+                         calls="; ".join(f"{what} {b / 1e3:.1f} kB" for _, what, b in s.calls)))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
@@ -190,6 +249,7 @@ def main(argv=None):
     ap.add_argument("--no-optimizer", action="store_true", help="skip the SparseAdamW rows")
     ap.add_argument("--note", action="append", default=[], help="a line for the notes (repeatable)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--ranks", type=int, default=0, help="report the projection across this many simulated ranks")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,6 +271,9 @@ def main(argv=None):
             n_layer = min(n_layer, layers)
             notes.append(f"{preset}: {n_layer} of {PRESETS[preset][1]} layers (smaller run)")
         specs = param_set(d_model, n_layer)
+        if args.ranks:
+            bench_sharded(preset, specs, args.ranks, rows)
+            continue
         print(f"[bench_topk] {preset}: {len(specs)} tensors, {sum(_numel(s) for _, s, _, _ in specs) / 1e6:.1f}M "
               f"params on {device}", file=sys.stderr, flush=True)
         W = Weights(specs, device)
@@ -222,8 +285,15 @@ def main(argv=None):
             torch.cuda.empty_cache()
     columns = ["preset", "provider", "params_M", "median_ms", "net_ms", "x_floor", "speedup_vs_topk", "x_adam",
                "p20_ms", "p80_ms", "exact", "error"]
-    prefix = os.path.join(str(args.out), args.name or f"topk_{torch.device(device).type}")
-    md = write_results(prefix, "Top-k projection and SparseAdamW step", env_header(device), rows, columns, notes)
+    title, stem = "Top-k projection and SparseAdamW step", "topk"
+    if args.ranks:
+        columns = ["preset", "provider", "tensors", "params_M", "passes", "reduce_calls", "reduce_kB", "gather_calls",
+                   "gather_kB", "total_kB", "same_on_all_ranks", "exact", "calls"]
+        title, stem = "Top-k projection across ranks: collectives per step", "topk_sharded"
+        notes = [f"{args.ranks} ranks simulated by threads on {device}, torch backend; bytes are what each rank "
+                 "sends (an all-gather receives ranks x that)"] + notes[3:]
+    prefix = os.path.join(str(args.out), args.name or f"{stem}_{torch.device(device).type}")
+    md = write_results(prefix, title, env_header(device), rows, columns, notes)
     print(md)
 
 

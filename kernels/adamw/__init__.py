@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..dispatch import resolve
-from ..topk import Comm, CommStats, TopkState, protect_view  # noqa: F401  (protect_view: topk/reference.py)
+from ..topk import Comm, CommStats, TopkState
 from ..topk.backends import kernel_set as topk_kernel_set
 from .device import step_device
 from .reference import GRAD_RMS_EPS, AdamWTensor, fusable, grad_rms_scale, step_torch
