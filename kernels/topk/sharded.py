@@ -23,7 +23,7 @@ from ..dispatch import resolve
 from .backends import kernel_set
 from .phases import Projection, Target, TopkState, run
 from .ranks import Shard
-from .reference import per_tensor, protect_view
+from .reference import protect_view
 
 
 @dataclass
@@ -86,9 +86,12 @@ def shard_targets(shards, ks, global_shapes, offsets, protect=None, names=None, 
     if not n == len(ks) == len(global_shapes) == len(offsets):
         raise ValueError(f"project_topk_sharded_: {n} shards, {len(ks)} ks, {len(global_shapes)} global shapes, "
                          f"{len(offsets)} offsets")
-    rules = [protect] * n if protect is None or isinstance(protect[0], int) else list(protect)
+    one_rule = protect is None or (isinstance(protect, tuple) and len(protect) == 2 and isinstance(protect[0], int))
+    rules = [protect] * n if one_rule else list(protect)
+    if len(rules) != n:
+        raise ValueError(f"project_topk_sharded_: {len(rules)} protection rules for {n} shards")
     labels = list(names) if names is not None else [f"tensors[{i}]" for i in range(n)]
-    decays = per_tensor(decay, n) if decay is not None else [1.0] * n
+    decays = [decay] * n if decay is None or isinstance(decay, (int, float)) else list(decay)
     targets, valid = [], []
     for w, k, shape, off, rule, name, d in zip(shards, ks, global_shapes, offsets, rules, labels, decays):
         shape = tuple(int(s) for s in shape)
@@ -134,7 +137,8 @@ def project_topk_sharded_(shards: Sequence[Tensor], ks: Sequence[int], global_sh
     sharding; rows past the global end, FSDP's padding, are left alone; a rank may hold no rows).
     `protect`: None, one (j, "rows" | "cols") rule for all, or one rule or None per tensor (reference.py).
     `state`: a TopkState kept across steps warm-starts every tensor from its previous threshold.
-    `decay`: None or a factor per tensor by which survivors are multiplied. Returns the collectives made.
+    `decay`: None, or one factor or a factor per tensor by which survivors are multiplied (weight decay).
+    Returns the collectives made.
     """
     return _project(shards, ks, global_shapes, offsets, comm, protect, names, backend, state, decay, False)[0]
 

@@ -325,3 +325,46 @@ def test_sparse_adamw_step_across_ranks_equals_one_process():
         for i in range(len(shapes)):
             for part, ref in zip(range(3), (full[i], *moments[i])):
                 assert torch.equal(torch.cat([local[i][r][part] for r in range(world)]), ref), (step, i, part)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_fused_step_with_comm_equals_fused_step_without(backend):
+    """The device step with a one-rank Comm (the sharded path: shard targets, exact bins, the fused first
+    histogram reduced) gives the weights of the device step without one, bit for bit, over warm steps."""
+    skip_unless_available(backend)
+    from sparseformer.kernels import sparse_adamw_step_
+    from sparseformer.kernels.adamw import AdamWTensor
+
+    g = torch.Generator().manual_seed(13)
+    shapes, specs = [(12, 10), (40,), (6, 9)], [(30, None, 0.1), (9, None, 0.0), (20, (1, "cols"), 0.1)]
+    runs = [[(torch.randn(s, generator=g) * 0.05).to(DEV) for s in shapes]]
+    runs.append([p.clone() for p in runs[0]])
+    moments = [[(torch.zeros_like(p), torch.zeros_like(p)) for p in ps] for ps in runs]
+    states, stats = [TopkState(), TopkState()], None
+    one = Comm(0, 1, lambda t: None, lambda t: t[None].clone())
+    for step in range(1, 4):
+        grads = [torch.randn(s, generator=g).to(DEV) for s in shapes]
+        for r, (ps, ms) in enumerate(zip(runs, moments)):
+            items = [AdamWTensor(param=p, grad=gr.clone(), exp_avg=m, exp_avg_sq=v, step=step, lr=0.02, beta1=0.9,
+                                 beta2=0.95, eps=0.1, weight_decay=wd, k=k, protect=prot, name=f"t{i}",
+                                 global_shape=tuple(p.shape))
+                     for i, (p, (m, v), gr, (k, prot, wd)) in enumerate(zip(ps, ms, grads, specs))]
+            out = sparse_adamw_step_(items, backend=backend, state=states[r], comm=one if r else None)
+            stats = out if r else stats
+        for a, b in zip(*runs):
+            assert torch.equal(a, b), step
+    assert [what for _, what, _ in stats.calls][:1] == ["column protection"]
+
+
+def test_decay_multiplies_the_survivors_on_every_rank():
+    g = torch.Generator().manual_seed(17)
+    w = torch.randn(5, 4, generator=g)
+    cuts, size = fsdp_cuts(5, 2)
+    shards = shards_of(w, cuts, size)
+
+    def rank_fn(r, comm):
+        project_topk_sharded_([shards[r]], [7], [w.shape], [cuts[r][0]], comm, decay=0.5, backend="torch")
+
+    threaded(2, rank_fn)
+    got = torch.cat([shards[r][:n] for r, (_, n) in enumerate(cuts)])
+    assert torch.equal(got, torch.where(topk_mask_ref(w, 7), w * 0.5, 0.0))
