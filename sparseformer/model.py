@@ -209,7 +209,9 @@ class GPT(nn.Module):
         logits = self.lm_head(self.transformer.ln_f(x)).float()
         logits = logits + self.final_logits_bias
         if self.bigram_table is not None:
-            logits = logits + self.bigram_table[idx].float()
+            # an embedding lookup, not bigram_table[idx]: the indexing backward accumulates rows with
+            # unordered parallel adds on the CPU, embedding's backward in a fixed order (docs/reproducibility.md)
+            logits = logits + F.embedding(idx, self.bigram_table).float()
         return logits
 
     @torch.no_grad()

@@ -3,8 +3,9 @@
 For a backend, the candidates are its methods with a `max_density` tier and the activation dtype in their
 `dtypes`; the one with the smallest tier at or above the density wins, a `max_occupancy` method also needs
 its tile occupancy at most that bound, and above every tier the product runs masked dense. The tiers are
-measured (docs/sparse-matmul.md): on the CPU torch.sparse CSR below 1/40 and the gather path below 1/512;
-on a GPU no tier, because no kernel beat cuBLAS on the masked weight across the board.
+measured (docs/sparse-matmul.md): on the CPU the gather path at 1/256 and below (torch.sparse CSR, faster
+from about 1/40, has no tier: its results depend on the thread count, docs/reproducibility.md); on a GPU no
+tier, because no kernel beat cuBLAS on the masked weight across the board.
 `SPARSEFORMER_SPMM_METHOD` (one method name) forces a method for every product, for benchmarks and tests;
 a forced method the backend lacks raises.
 """
