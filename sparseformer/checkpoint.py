@@ -1,172 +1,233 @@
-"""Run directories: atomic safetensors checkpoints, resume state, and loading a run for other commands.
+"""Run directories: checkpoint sets switched atomically, resume state, and loading a run for other commands.
 
-A run directory holds:
+A run directory holds (docs/reproducibility.md):
   config.json          the whole resolved RunConfig (resume reads only this)
   tokenizer.json       the run's tokenizer (optional for imported models)
-  model.safetensors    model state dict; metadata: step
-  optim.safetensors    SparseAdamW moments per parameter name; metadata: step (resume only)
-  state.json           {"step", "ks": {tensor: k}, "finished", ...}, written last
-  metrics.jsonl        one JSON object per logged step
-Every file is written to a temp name in the same directory and renamed, so a crash never leaves a
-half-written file; the step stored in each file is checked on load.
+  metrics.jsonl        one JSON object per logged step (appended; rows past the checkpoint go on resume)
+  checkpoint.json      {"step", "dir"}: which checkpoint set is the current one
+  checkpoints/step-S-XXXX/
+    model.safetensors  model state dict; metadata: step
+    optim.safetensors  SparseAdamW moments per parameter name; metadata: step (resume only)
+    state.json         {"step", "ks": {tensor: k}, "finished", ...}
+
+A checkpoint set is written into a new directory that no reader looks at, synced, and only then made current
+by atomically replacing checkpoint.json; the previous set is removed after that. So a crash or SIGKILL at
+any moment leaves either the previous complete set or the new one, never a mix, and a failed write (a full
+disk) leaves the previous one current. Run directories of the older layout (the three files directly in
+the run directory, no checkpoint.json) are still read, and the first new checkpoint replaces them.
+Every file read here that is missing, truncated or corrupt raises CheckpointError naming it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+from . import faults
 from .config import RunConfig
-from .data._atomic import FILE_MODE, atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
-from .errors import CheckpointError, ConfigError
+from .data._atomic import FILE_MODE, atomic_write, atomic_write_bytes, atomic_write_text, fsync_dir  # noqa: F401
+from .errors import CheckpointError, ConfigError, WriteError
 from .model import GPT
+from .runfiles import (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, append_metrics, atomic_save_tensors,  # noqa: F401
+                       config_difference, load_config, load_tensors, load_tokenizer, read_json, read_metrics,
+                       save_config, truncate_metrics)
 
 MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optim.safetensors", "state.json"
-CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE = "config.json", "tokenizer.json", "metrics.jsonl"
+POINTER_FILE, CHECKPOINTS_DIR = "checkpoint.json", "checkpoints"
+SET_FILES = (MODEL_FILE, OPTIM_FILE, STATE_FILE)          # one checkpoint set, in the order written
+RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, POINTER_FILE) + SET_FILES   # + the older layout's
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# -- checkpoint sets -----------------------------------------------------------------------------------------
 
-
-def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors file; CheckpointError when it is missing, truncated or corrupt."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; is {path.parent} a run directory?")
-    try:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        return load_file(str(path)), metadata
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}); retrain or restore it") from None
-
-
-def save_config(run_dir: Path, cfg: RunConfig) -> None:
-    atomic_write_text(Path(run_dir) / CONFIG_FILE, cfg.to_json() + "\n")
-
-
-def load_config(run_dir: Path) -> RunConfig:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with "
-                              f"`sparseformer train --out {run_dir}`")
-    try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-
-
-def config_difference(run_dir: Path, want: RunConfig, ignore: tuple[str, ...] = ()) -> tuple[str, Any, Any] | None:
-    """The first setting (a dotted key such as "train.lr") in which the run saved in `run_dir` differs from
-    `want`, as (key, saved value, wanted value); None when they agree. `preset`, `version` and `ignore` never count."""
-    have = json.loads(json.dumps(load_config(run_dir).to_dict()))
-    wanted = json.loads(json.dumps(want.to_dict()))
-    skip = {"preset", "version", *ignore}
-    for key in _flat_keys(wanted):
-        if key not in skip and _dotted(have, key) != _dotted(wanted, key):
-            return key, _dotted(have, key), _dotted(wanted, key)
+def checkpoint_dir(run_dir: Path) -> Path | None:
+    """The directory holding the current checkpoint set: the one checkpoint.json names, the run directory
+    itself for the older layout, None when the run has no checkpoint yet."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / POINTER_FILE
+    if pointer.exists():
+        data = read_json(pointer)
+        rel = data.get("dir")
+        if not isinstance(rel, str) or Path(rel).parent != Path(CHECKPOINTS_DIR) or ".." in rel:
+            raise CheckpointError(f"{pointer} is corrupt (no valid checkpoint directory); restore it")
+        where = run_dir / rel
+        if not where.is_dir():
+            raise CheckpointError(f"{pointer} names {where}, which does not exist; restore it or retrain with --force")
+        return where
+    if (run_dir / MODEL_FILE).is_file() or (run_dir / STATE_FILE).is_file():
+        return run_dir
     return None
 
 
-def _flat_keys(d: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in d.items():
-        keys += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-    return keys
+def checkpoint_file(run_dir: Path, name: str) -> Path:
+    """Where file `name` of the current checkpoint set is (a path that may not exist when there is none)."""
+    return (checkpoint_dir(run_dir) or Path(run_dir)) / name
 
 
-def _dotted(d: dict, key: str) -> Any:
-    for part in key.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
+def write_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, torch.Tensor], state: dict[str, Any],
+                     optim_tensors: dict[str, torch.Tensor] | None = None,
+                     optim_meta: dict[str, str] | None = None) -> Path:
+    """Write one checkpoint set (state dicts, not modules: a distributed run gathers them and one rank calls
+    this) and make it the current one atomically; returns its directory. On failure the previous set stays
+    current and the error (WriteError naming the file) says so."""
+    run_dir = Path(run_dir)
+    previous = _current_step(run_dir)
+    meta = {"step": str(step)}
+    root = run_dir / CHECKPOINTS_DIR
+    tmp = final = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:08d}-"))
+        atomic_save_tensors(model_tensors, tmp / MODEL_FILE, meta)
+        if optim_tensors is not None:
+            atomic_save_tensors(optim_tensors, tmp / OPTIM_FILE, {**meta, **(optim_meta or {})})
+        atomic_write_text(tmp / STATE_FILE, json.dumps({**state, "step": step}, indent=2, sort_keys=True) + "\n")
+        fsync_dir(tmp)
+        final = root / tmp.name[1:]
+        os.rename(tmp, final)
+        tmp = None
+        fsync_dir(root)
+        pointer = {"step": step, "dir": f"{CHECKPOINTS_DIR}/{final.name}"}
+        atomic_write_text(run_dir / POINTER_FILE, json.dumps(pointer) + "\n")    # the switch
+    except BaseException as e:
+        if final is not None and _names(run_dir, final):     # interrupted right after the switch: keep it
+            raise
+        for d in (tmp, final):
+            if d is not None:
+                shutil.rmtree(d, ignore_errors=True)
+        if isinstance(e, (WriteError, OSError)):
+            kept = (f"the previous checkpoint (step {previous}) is still the current one" if previous is not None
+                    else "no checkpoint of this run was saved before")
+            raise WriteError(f"{e if isinstance(e, WriteError) else f'cannot write in {root}: {e}'}; {kept}") from e
+        raise
+    faults.point("switch")
+    _remove_stale(run_dir, keep=final)
+    return final
+
+
+def _names(run_dir: Path, where: Path) -> bool:
+    """Whether checkpoint.json names the directory `where`."""
+    try:
+        return checkpoint_dir(run_dir) == where
+    except CheckpointError:
+        return False
+
+
+def _current_step(run_dir: Path) -> int | None:
+    try:
+        where = checkpoint_dir(run_dir)
+        return None if where is None else int(read_state(run_dir).get("step", 0))
+    except CheckpointError:
+        return None
+
+
+def _remove_stale(run_dir: Path, keep: Path) -> None:
+    """After a switch: remove the older sets, leftovers of interrupted writes and the older layout's files."""
+    for entry in (run_dir / CHECKPOINTS_DIR).iterdir():
+        if entry == keep:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    for name in SET_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for leftover in run_dir.glob(f".{POINTER_FILE}.*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, step: int, ks: dict[str, int],
-                    finished: bool, extra: dict[str, Any] | None = None) -> None:
-    """Model, optimizer moments and state.json (last), each atomically; all stamped with `step`."""
-    run_dir = Path(run_dir)
-    meta = {"step": str(step)}
-    atomic_save_tensors(model.state_dict(), run_dir / MODEL_FILE, meta)
+                    finished: bool, extra: dict[str, Any] | None = None) -> Path:
+    """Save model, optimizer moments (when `optimizer` is given) and state as one checkpoint set; see
+    write_checkpoint."""
+    optim_tensors = optim_meta = None
     if optimizer is not None:
         names = {p: n for n, p in model.named_parameters()}
-        moments: dict[str, torch.Tensor] = {}
-        steps: dict[str, int] = {}
+        optim_tensors, steps = {}, {}
         for p, st in optimizer.state.items():
             if p in names and st:
-                moments[f"{names[p]}.exp_avg"] = st["exp_avg"]
-                moments[f"{names[p]}.exp_avg_sq"] = st["exp_avg_sq"]
+                optim_tensors[f"{names[p]}.exp_avg"] = st["exp_avg"]
+                optim_tensors[f"{names[p]}.exp_avg_sq"] = st["exp_avg_sq"]
                 steps[names[p]] = int(st["step"])
-        atomic_save_tensors(moments, run_dir / OPTIM_FILE, {**meta, "steps": json.dumps(steps)})
-    state = {"step": step, "ks": ks, "finished": finished, **(extra or {})}
-    atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+        optim_meta = {"steps": json.dumps(steps)}
+    state = {"ks": ks, "finished": finished, **(extra or {})}
+    return write_checkpoint(run_dir, step, model.state_dict(), state, optim_tensors, optim_meta)
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete a run's files (for --force): every run file, the checkpoint sets, circuits/ and tasks/."""
+    run_dir = Path(run_dir)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for sub in (CHECKPOINTS_DIR, "circuits", "tasks"):
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
 
 
 def read_state(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / STATE_FILE
-    if not path.is_file():
-        return {"step": 0, "ks": {}, "finished": False}
+    """state.json of the current checkpoint set ({"step": 0, ...} when the run has none)."""
+    where = checkpoint_dir(run_dir)
+    if where is None or (where == Path(run_dir) and not (where / STATE_FILE).is_file()):
+        return {"step": 0, "ks": {}, "finished": False}      # no checkpoint, or an older-layout run without one
+    state = read_json(where / STATE_FILE)
+    if not isinstance(state.get("step"), int) or state["step"] < 0 or not isinstance(state.get("ks", {}), dict):
+        raise CheckpointError(f"{where / STATE_FILE} is corrupt (no valid step); restore it or retrain with --force")
+    return state
+
+
+def _step_of(path: Path, meta: dict[str, str]) -> int:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path} is corrupt; restore it or retrain with --force") from None
+        return int(meta.get("step", 0))
+    except ValueError:
+        raise CheckpointError(f"{path} is corrupt (its step is {meta.get('step')!r})") from None
 
 
 def load_model_weights(run_dir: Path, model: torch.nn.Module, expect_step: int | None = None) -> int:
-    """Load model.safetensors into `model` (strict); return its step."""
-    tensors, meta = load_tensors(Path(run_dir) / MODEL_FILE)
-    step = int(meta.get("step", 0))
+    """Load the current model.safetensors into `model` (strict); return its step."""
+    path = checkpoint_file(run_dir, MODEL_FILE)
+    tensors, meta = load_tensors(path)
+    step = _step_of(path, meta)
     if expect_step is not None and step != expect_step:
-        raise CheckpointError(f"{run_dir}/{MODEL_FILE} is at step {step} but state.json says {expect_step}; "
+        raise CheckpointError(f"{path} is at step {step} but state.json says {expect_step}; "
                               f"the checkpoint is inconsistent")
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     if missing or unexpected:
-        raise CheckpointError(f"{run_dir}/{MODEL_FILE} does not match config.json "
+        raise CheckpointError(f"{path} does not match config.json "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     for name, t in tensors.items():
         if t.shape != own[name].shape:
-            raise CheckpointError(f"{run_dir}/{MODEL_FILE}: tensor {name} has shape {tuple(t.shape)}, "
+            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
                                   f"config.json implies {tuple(own[name].shape)}")
     model.load_state_dict(tensors)
     return step
 
 
 def load_optimizer_state(run_dir: Path, model: torch.nn.Module, optimizer, expect_step: int) -> None:
-    tensors, meta = load_tensors(Path(run_dir) / OPTIM_FILE)
-    if int(meta.get("step", -1)) != expect_step:
-        raise CheckpointError(f"{run_dir}/{OPTIM_FILE} is at step {meta.get('step')} but the model is at "
+    """Load the current optim.safetensors into `optimizer` (its moments must be at `expect_step`)."""
+    path = checkpoint_file(run_dir, OPTIM_FILE)
+    tensors, meta = load_tensors(path)
+    if _step_of(path, meta) != expect_step:
+        raise CheckpointError(f"{path} is at step {meta.get('step')} but the model is at "
                               f"{expect_step}; the checkpoint is inconsistent")
-    steps = json.loads(meta.get("steps", "{}"))
-    for name, p in model.named_parameters():
-        if name in steps:
-            optimizer.state[p] = {
-                "step": steps[name],
-                "exp_avg": tensors[f"{name}.exp_avg"].to(p.device, p.dtype),
-                "exp_avg_sq": tensors[f"{name}.exp_avg_sq"].to(p.device, p.dtype),
-            }
+    try:
+        steps = json.loads(meta.get("steps", "{}"))
+        for name, p in model.named_parameters():
+            if name in steps:
+                optimizer.state[p] = {
+                    "step": int(steps[name]),
+                    "exp_avg": tensors[f"{name}.exp_avg"].to(p.device, p.dtype),
+                    "exp_avg_sq": tensors[f"{name}.exp_avg_sq"].to(p.device, p.dtype),
+                }
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path} is corrupt ({type(e).__name__}: {e}); restore it or retrain") from None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -195,14 +256,12 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     if not path.is_dir():
         raise CheckpointError(f"run directory {path} does not exist")
     cfg = load_config(path)
-    if not (path / MODEL_FILE).is_file():
+    if checkpoint_dir(path) is None:
         raise CheckpointError(f"{path} has no {MODEL_FILE}; the run has not saved a model yet")
     state = read_state(path)
     model = GPT(cfg.model)
-    step = load_model_weights(path, model)
-    tokenizer = None
-    if (path / TOKENIZER_FILE).is_file():
-        from .data.tokenizer import Tokenizer
-        tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
+    has_state = (checkpoint_dir(path) / STATE_FILE).is_file()
+    step = load_model_weights(path, model, expect_step=state["step"] if has_state else None)
+    tokenizer = load_tokenizer(path)
     model.to(resolve_device(device)).eval()
     return Run(path=path, config=cfg, model=model, tokenizer=tokenizer, step=step, state=state)

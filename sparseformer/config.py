@@ -129,6 +129,7 @@ class TrainConfig:
     eval_batches: int = 8
     ckpt_every: int = 200             # steps between checkpoints (and at the end)
     backend: str | None = None        # kernels backend override
+    deterministic: bool = False       # CUDA: deterministic algorithms only (docs/reproducibility.md); the CPU always is
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "ckpt_every", "eval_batches"):

@@ -27,3 +27,8 @@ class PruneError(SparseformerError):
 
 class TrainingDiverged(SparseformerError):
     """The loss became non-finite; the last good checkpoint is kept."""
+
+
+class WriteError(SparseformerError, OSError):
+    """A file could not be written (disk full, no permission); names the file. An OSError too, so handlers of
+    failed writes keep working."""

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write_text, config_difference, load_run, read_state
+from .checkpoint import atomic_write_text, config_difference, load_run, read_metrics, read_state
 from .config import RunConfig, apply_overrides, get_preset
 from .errors import ConfigError, PruneError
 from .prune import prune_task, write_outputs
@@ -94,7 +94,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, task: str = "single_double_
     else:
         json_path, html_path = write_outputs(run.path, result)
         circuit = {**circuit_summary(result), "json": str(json_path), "viewer": str(html_path)}
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = read_metrics(out)
     val = [m["val_loss"] for m in metrics if "val_loss" in m]
     total = time.perf_counter() - t0
     return {"run": str(out), "step": run.step, "val_loss": val[-1] if val else None, "eval": rows,

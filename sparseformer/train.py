@@ -1,16 +1,16 @@
 """The training loop: data -> model -> loss -> backward -> SparseAdamW (normalise, Adam, project, decay).
 
 `train(cfg, out)` creates or resumes a run directory (see checkpoint.py). Batches are a pure function of
-(seed, step), the model has no randomness in its forward pass, and the optimizer state is saved with the
-weights, so a resumed run ends bit-identical to an uninterrupted one on the same machine.
+(seed, step), the model has no randomness in its forward pass, every operation of the step gives the same
+bytes at any CPU thread count, and the optimizer state is saved with the weights, so a run is reproducible to
+the bit on the same machine and a resumed run ends bit-identical to an uninterrupted one
+(docs/reproducibility.md).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import signal
 import threading
 import time
@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import faults
 from .config import RunConfig
 from .data.for_config import load_dataset
+from .determinism import deterministic_mode
 from .errors import CheckpointError, TrainingDiverged
 from .model import GPT
 from .sparsity.optimizer import SparseAdamW
@@ -31,9 +33,6 @@ from .sparsity.params import check_protection, configure, param_groups, write_ks
 from .sparsity.schedule import embed_density, learning_rate, weight_density
 
 log = logging.getLogger(__name__)
-
-RUN_FILES = (ckpt.CONFIG_FILE, ckpt.TOKENIZER_FILE, ckpt.MODEL_FILE, ckpt.OPTIM_FILE, ckpt.STATE_FILE,
-             ckpt.METRICS_FILE)
 
 
 @dataclass
@@ -56,14 +55,11 @@ def _prepare_out(cfg: RunConfig, out: Path, resume: bool, force: bool) -> RunCon
         return ckpt.load_config(out)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"output path {out} exists and is not a directory")
-    if has_run or (out.exists() and any((out / f).exists() for f in RUN_FILES)):
+    if has_run or (out.exists() and any((out / f).exists() for f in ckpt.RUN_FILES + (ckpt.CHECKPOINTS_DIR,))):
         if not force:
             raise CheckpointError(f"{out} already holds a run; pass --resume to continue it or --force to "
                                   f"replace it")
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        for sub in ("circuits", "tasks"):
-            shutil.rmtree(out / sub, ignore_errors=True)
+        ckpt.remove_run(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.save_config(out, cfg)
     return cfg
@@ -80,8 +76,10 @@ def evaluate_val(model: GPT, dataset, cfg: RunConfig, device: torch.device, auto
     """Mean next-token loss over the fixed validation batches."""
     was_training = model.training
     model.eval()
-    losses = [float(_lm_loss(model, x.to(device), y.to(device), autocast))
-              for x, y in dataset.val_batches(cfg.train.batch_size, cfg.train.seq_len, cfg.train.eval_batches)]
+    losses = []
+    for x, y in dataset.val_batches(cfg.train.batch_size, cfg.train.seq_len, cfg.train.eval_batches):
+        losses.append(float(_lm_loss(model, x.to(device), y.to(device), autocast)))
+        faults.point("val")
     model.train(was_training)
     return sum(losses) / max(1, len(losses))
 
@@ -92,14 +90,16 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
     (the schedule still spans cfg.train.steps); it exists for tests of interruption and resume."""
     out = Path(out)
     cfg = _prepare_out(cfg.validate(), out, resume, force)
+    with deterministic_mode(cfg.train.deterministic):
+        return _train(cfg, out, resume, progress, max_steps)
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: int | None) -> TrainResult:
     tc, sc = cfg.train, cfg.sparsity
     device = ckpt.resolve_device(tc.device)
     torch.manual_seed(tc.seed)
 
-    tokenizer = None
-    if resume and (out / ckpt.TOKENIZER_FILE).is_file():
-        from .data.tokenizer import Tokenizer
-        tokenizer = Tokenizer.load(out / ckpt.TOKENIZER_FILE)
+    tokenizer = ckpt.load_tokenizer(out) if resume else None
     dataset = load_dataset(cfg, tokenizer)
     if tokenizer is None:
         dataset.tokenizer.save(out / ckpt.TOKENIZER_FILE)
@@ -114,7 +114,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
     if resume and start > 0:
         ckpt.load_model_weights(out, model, expect_step=start)
         ckpt.load_optimizer_state(out, model, optimizer, start)
-        _truncate_metrics(out / ckpt.METRICS_FILE, start)
+    if resume:
+        ckpt.truncate_metrics(out, start)
     model.to(device).train()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
 
@@ -143,6 +144,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
                                        f"retrain with --force")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            faults.point("step")
             optimizer.step()
             last_loss = loss_value
             tokens_since += x.numel()
@@ -158,21 +160,18 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
                            tokens_per_s=round(tokens_since / dt, 1) if dt > 0 else None)
                 if measure_val:
                     row["val_loss"] = round(val_loss, 5)
-                _append_metrics(out / ckpt.METRICS_FILE, row)
+                ckpt.append_metrics(out, row)
                 history.append(row)
                 t0, tokens_since = time.perf_counter(), 0
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss_value:.3f}", density=f"{row['density']:.3g}", lr=f"{lr:.2e}",
                                     tok_s=f"{row['tokens_per_s']:.0f}" if row["tokens_per_s"] else "-")
-            if done % tc.ckpt_every == 0 or done == total or done == end:
+            if done % tc.ckpt_every == 0 or done == total or done == end or stop.requested:
                 ckpt.save_checkpoint(out, model, optimizer, done, ks, finished=(done == total))
                 last_good = done
             if bar is not None:
                 bar.update(1)
-            if stop.requested:
-                if done > last_good:
-                    ckpt.save_checkpoint(out, model, optimizer, done, ks, finished=False)
-                    last_good = done
+            if stop.requested and last_good == done:    # (one between the two checks stops after the next step)
                 log.warning("interrupted: checkpoint at step %d saved in %s; continue with --resume",
                             last_good, out)
                 break
@@ -181,7 +180,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
         if bar is not None:
             bar.close()
     return TrainResult(run_dir=out, step=last_good, final_loss=last_loss, val_loss=val_loss,
-                       interrupted=stop.requested, history=history)
+                       interrupted=stop.requested and last_good < total, history=history)
 
 
 class _StopFlag:
@@ -209,17 +208,3 @@ def _progress_bar(enabled: bool, start: int, total: int):
         return None
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows past the checkpoint we resume from (they will be logged again)."""
-    if not path.is_file():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if json.loads(r).get("step", 0) <= step]
-    ckpt.atomic_write_text(path, "".join(r + "\n" for r in keep))

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import sparseformer.train as train_mod
+from sparseformer.checkpoint import checkpoint_file, read_state
 from sparseformer.cli import main
 from sparseformer.errors import ConfigError
 from sparseformer.sweep import adapters, load_sweep, run_config, run_sweep, sweep_from_dict
@@ -212,7 +213,7 @@ def mini(tmp_path_factory):
     first_calls = {k: list(v) for k, v in calls.items()}
     first_results = json.loads((first.out / "results.json").read_text())
     sparse_dir = first.runs / "sparse_w1_p0.25_a0.5"
-    weights_hash = hashlib.sha256((sparse_dir / "model.safetensors").read_bytes()).hexdigest()
+    weights_hash = hashlib.sha256(checkpoint_file(sparse_dir, "model.safetensors").read_bytes()).hexdigest()
     for v in calls.values():
         v.clear()
     second = run_sweep(cfg, progress=False)
@@ -232,9 +233,9 @@ def test_resume_does_not_retrain_or_reprune_finished_models(mini):
     calls = mini["calls"]
     assert calls["train"] == [("dense_w1", True)]                     # only the interrupted model, resumed
     assert all(run == "dense_w1" for run, _ in calls["prune"])
-    weights = (mini["sparse_dir"] / "model.safetensors").read_bytes()
+    weights = checkpoint_file(mini["sparse_dir"], "model.safetensors").read_bytes()
     assert hashlib.sha256(weights).hexdigest() == mini["weights_hash"]
-    state = json.loads((mini["second"].runs / "dense_w1" / "state.json").read_text())
+    state = read_state(mini["second"].runs / "dense_w1")
     assert state["finished"] and state["step"] == 8
 
 

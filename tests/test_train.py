@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from sparseformer.checkpoint import load_run
+from sparseformer.checkpoint import checkpoint_file, load_run
 from sparseformer.cli import main
 from sparseformer.config import ModelConfig, RunConfig, SparsityConfig, TrainConfig, DataConfig
 from sparseformer.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
@@ -59,8 +59,8 @@ def test_sparse_run_holds_exactly_k_and_logs_metrics(corpus, tmp_path):
     out = tmp_path / "run"
     res = train(micro(corpus), out, progress=False)
     assert res.step == 12
-    state = json.loads((out / "state.json").read_text())
-    weights = load_file(str(out / "model.safetensors"))
+    state = json.loads(checkpoint_file(out, "state.json").read_text())
+    weights = load_file(str(checkpoint_file(out, "model.safetensors")))
     assert state["ks"]
     for name, k in state["ks"].items():
         assert int(torch.count_nonzero(weights[name])) == k, name
@@ -74,14 +74,17 @@ def test_sparse_run_holds_exactly_k_and_logs_metrics(corpus, tmp_path):
     assert {"step", "tokens", "loss", "lr", "density"} <= set(rows[0])
     assert any("val_loss" in r for r in rows)
     assert rows[-1]["density"] == pytest.approx(1 / 8)
-    for f in ("config.json", "tokenizer.json", "model.safetensors", "optim.safetensors"):
+    for f in ("config.json", "tokenizer.json", "checkpoint.json"):
         assert (out / f).is_file()
+    for f in ("model.safetensors", "optim.safetensors", "state.json"):
+        assert checkpoint_file(out, f).is_file() and not (out / f).exists()
+    assert len(list((out / "checkpoints").iterdir())) == 1      # older sets are removed
 
 
 def test_dense_switch_keeps_everything(corpus, tmp_path):
     out = tmp_path / "dense"
     train(micro(corpus, dense=True), out, progress=False)
-    weights = load_file(str(out / "model.safetensors"))
+    weights = load_file(str(checkpoint_file(out, "model.safetensors")))
     assert torch.count_nonzero(weights["transformer.h.0.mlp.c_fc.weight"]) == 64 * 32
 
 
@@ -92,8 +95,8 @@ def test_resume_is_bit_identical(corpus, tmp_path):
     first = train(micro(corpus), part, progress=False, max_steps=5)   # stops between checkpoints
     assert first.step == 5
     train(micro(corpus), part, resume=True, progress=False)
-    a = load_file(str(full / "model.safetensors"))
-    b = load_file(str(part / "model.safetensors"))
+    a = load_file(str(checkpoint_file(full, "model.safetensors")))
+    b = load_file(str(checkpoint_file(part, "model.safetensors")))
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
@@ -101,21 +104,31 @@ def test_resume_is_bit_identical(corpus, tmp_path):
     assert steps == sorted(set(steps))
 
 
+def test_deterministic_switch_changes_nothing_on_the_cpu(corpus, tmp_path):
+    train(micro(corpus), tmp_path / "a", progress=False)
+    cfg = micro(corpus)
+    cfg.train.deterministic = True
+    train(cfg, tmp_path / "b", progress=False)
+    assert not torch.are_deterministic_algorithms_enabled()            # switched off again after the run
+    a, b = (checkpoint_file(tmp_path / r, "model.safetensors").read_bytes() for r in ("a", "b"))
+    assert a == b
+
+
 def test_existing_run_needs_resume_or_force(corpus, tmp_path):
     out = tmp_path / "run"
     train(micro(corpus, dense=True), out, progress=False, max_steps=1)
-    before = (out / "model.safetensors").read_bytes()
+    before = checkpoint_file(out, "model.safetensors").read_bytes()
     with pytest.raises(CheckpointError, match="already holds a run; pass --resume .* or --force"):
         train(micro(corpus), out, progress=False)
-    assert (out / "model.safetensors").read_bytes() == before
+    assert checkpoint_file(out, "model.safetensors").read_bytes() == before
     train(micro(corpus), out, progress=False, force=True, max_steps=1)
 
 
 def test_corrupt_checkpoint_is_one_clear_error(corpus, tmp_path):
     out = tmp_path / "run"
     train(micro(corpus), out, progress=False, max_steps=4)
-    blob = (out / "model.safetensors").read_bytes()
-    (out / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    path = checkpoint_file(out, "model.safetensors")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_run(out)
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
@@ -147,7 +160,7 @@ def test_non_finite_loss_stops_and_keeps_last_good(corpus, tmp_path, monkeypatch
     monkeypatch.setattr(tr, "_lm_loss", exploding)
     with pytest.raises(TrainingDiverged, match=r"at step \d+; the last good checkpoint \(step 4\)"):
         train(cfg, out, progress=False)
-    assert json.loads((out / "state.json").read_text())["step"] == 4
+    assert json.loads(checkpoint_file(out, "state.json").read_text())["step"] == 4
     load_run(out)  # still loadable
 
 

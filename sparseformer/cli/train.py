@@ -21,13 +21,16 @@ from ..errors import ConfigError
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
 @click.option("--density", type=float, default=None, help="Final weight-matrix density (fraction kept).")
 @click.option("--dense", is_flag=True, help="Train the same architecture without weight sparsity (the baseline).")
+@click.option("--deterministic", is_flag=True,
+              help="CUDA: deterministic algorithms only (slower; the CPU step is always deterministic).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Replace a run that already exists in --out.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Override any config field, e.g. --set train.lr=3e-3 (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def train(preset, data, out, steps, seed, device, density, dense, resume, force, overrides, quiet, as_json):
+def train(preset, data, out, steps, seed, device, density, dense, deterministic, resume, force, overrides, quiet,
+          as_json):
     """Train a weight-sparse GPT (or resume one)."""
     from ..train import train as run_training
     cfg = get_preset(preset)
@@ -46,6 +49,8 @@ def train(preset, data, out, steps, seed, device, density, dense, resume, force,
         extra.append(f"sparsity.weight_density={density}")
     if dense:
         extra.append("sparsity.dense=true")
+    if deterministic:
+        extra.append("train.deterministic=true")
     cfg = apply_overrides(cfg, extra)
     result = run_training(cfg, out, resume=resume, force=force, progress=not (quiet or as_json))
     summary = {"run": str(result.run_dir), "step": result.step, "loss": result.final_loss,

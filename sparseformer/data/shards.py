@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, WriteError
 from ._atomic import atomic_write_text
 from .corpus import Document, load_corpus, resolve_source
 from .dataset import FORMAT_VERSION, DatasetStats, TokenDataset
@@ -171,6 +171,11 @@ def prepare_dataset(source: str | Path | None, cache_dir: str | Path, tokenizer:
         except OSError:  # another process published the same key first: use theirs
             if not (final / "meta.json").is_file():
                 raise
+    except OSError as e:      # a full disk, no permission: one line, naming where
+        if isinstance(e, WriteError):
+            raise
+        raise WriteError(f"cannot write the token cache {e.filename or final}: {e.strerror or e}; free some space "
+                         f"or point SPARSEFORMER_CACHE elsewhere") from e
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)

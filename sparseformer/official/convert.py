@@ -1,6 +1,6 @@
 """Official model directory <-> run directory: import, in-memory load, export.
 
-An imported run directory is an ordinary one (config.json, model.safetensors, state.json, tokenizer.json when
+An imported run directory is an ordinary one (config.json, a checkpoint set at step 0, tokenizer.json when
 the tokenizer files were found) plus official.json: the original beeg_config.json and each tensor's stored
 layout and dtype, so that export writes the same file back bit for bit.
 """
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +30,7 @@ logger = logging.getLogger(__name__)
 
 META_FILE = "official.json"
 META_VERSION = 1
-_RUN_FILES = (ckpt.MODEL_FILE, ckpt.OPTIM_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE, ckpt.TOKENIZER_FILE,
-              ckpt.METRICS_FILE, META_FILE)
+_RUN_FILES = ckpt.RUN_FILES + (META_FILE,)
 
 
 @dataclass
@@ -163,7 +160,7 @@ def _read_meta(run_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(f"{path} is corrupt; delete it to export with a fresh {CONFIG_FILE}") from None
     if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
         raise CheckpointError(f"{path} has an unknown format; delete it to export with a fresh {CONFIG_FILE}")
@@ -208,12 +205,4 @@ def export_official(run_dir: str | Path, out: str | Path, mode: str = "original"
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    ckpt.atomic_write(path, lambda tmp: torch.save(obj, tmp))

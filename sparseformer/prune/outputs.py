@@ -48,9 +48,12 @@ def write_outputs(run_dir: str | Path, result) -> tuple[Path, Path]:
 def read_circuit(path: str | Path) -> dict:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is not a readable circuit file ({type(e).__name__}); prune again") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("edges"), int):
+        raise CheckpointError(f"{path} is not a readable circuit file (no circuit in it); prune again")
+    return doc
 
 
 SUMMARY_KEYS = ("task", "nodes", "edges", "bias_edges", "target_loss", "full_loss", "loss", "necessity_loss",

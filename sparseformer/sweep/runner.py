@@ -160,16 +160,8 @@ def _check_same_config(run_dir: Path, planned: RunConfig) -> None:
 
 
 def _last_val_loss(run_dir: Path) -> float | None:
-    path = run_dir / ckpt.METRICS_FILE
-    if not path.is_file():
-        return None
-    val = None
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if "val_loss" in row:
-                val = row["val_loss"]
-    return val
+    val = [row["val_loss"] for row in ckpt.read_metrics(run_dir) if "val_loss" in row]
+    return val[-1] if val else None
 
 
 # ---------------------------------------------------------------------------------------------------------

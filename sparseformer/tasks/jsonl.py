@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..data._atomic import atomic_write_text
 from ..errors import TaskError
 from .registry import Pair, Task
 
@@ -71,14 +71,5 @@ def load_jsonl_task(path: str | os.PathLike, *, name: str | None = None, kind: s
 def write_jsonl(path: str | os.PathLike, pairs: Iterable[Pair]) -> Path:
     """Write pairs as JSONL (atomically: temp file in the same directory, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for p in pairs:
-                f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in pairs))
     return path
