@@ -10,20 +10,25 @@ The step is the trainer's (sparseformer.train's loss, SparseAdamW over sparsefor
 on the tiny preset at each weight density of `--densities` (1/8 is what the preset trains at; 1/64 and
 1/1024 are where the CPU dispatcher picks sparse matmuls), after one untimed
 step that projects the weights, on random tokens; `--methods csr` forces a sparse-matmul method instead of
-the dispatcher's choice. Writes OUT/<name>.json and .md.
+the dispatcher's choice; `--lookup-reps N` also times the bigram-table lookup's forward + backward both
+ways (indexing, thread-dependent, and the model's F.embedding). Writes OUT/<name>.json and .md.
 
-  python bench/determinism_audit.py --threads 2 3 4 --methods auto csr --out bench/results/determinism
+  python bench/determinism_audit.py --threads 2 3 4 --methods auto csr --lookup-reps 21 \
+      --out bench/results/determinism --name audit_after
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -82,11 +87,41 @@ def audit(density: float, method: str, threads: list[int], repeats: int, batch: 
                 thread_dependent=bad)
 
 
+def lookup_cost(threads: list[int], batch: int, seq: int, vocab: int, reps: int) -> list[dict]:
+    """Forward + backward of the bigram-table lookup, by indexing (table[idx], thread-dependent gradient)
+    and by F.embedding (the model's), interleaved; median ms at each thread count."""
+    gen = torch.Generator().manual_seed(0)
+    table = torch.rand(vocab, vocab, generator=gen).requires_grad_()
+    idx = torch.randint(vocab, (batch, seq), generator=gen)
+    grad = torch.randn(batch, seq, vocab, generator=gen)
+    ways = {"indexing": lambda: table[idx], "embedding": lambda: F.embedding(idx, table)}
+    rows = []
+    for n in threads:
+        torch.set_num_threads(n)
+        times = {w: [] for w in ways}
+        for _ in range(reps):
+            for w, fn in ways.items():
+                table.grad = None
+                t0 = time.perf_counter()
+                fn().backward(grad)
+                times[w].append((time.perf_counter() - t0) * 1e3)
+        rows += [dict(threads=n, lookup=w, median_ms=statistics.median(t[1:])) for w, t in times.items()]
+    return rows
+
+
 def to_markdown(env, results, args, argv) -> str:
     lines = ["# Thread-count audit of one training step (CPU)", "", device_line(env),
              f"- tiny preset, batch {args.batch_size} x {args.seq_len} tokens; each op rerun on copies of its "
              f"inputs at 1 thread and {args.repeats}x at {args.threads} threads",
              f"- command: `{' '.join(argv)}`", ""]
+    if args.lookup:
+        lines += [f"## Cost of the deterministic bigram-table lookup ({args.batch_size} x {args.seq_len} tokens, "
+                  f"2048 x 2048 table, forward + backward, median of {args.lookup_reps - 1} interleaved runs)", "",
+                  "| threads | indexing `table[idx]` ms | `F.embedding` ms |", "|---|---|---|"]
+        by = {(r["threads"], r["lookup"]): r["median_ms"] for r in args.lookup}
+        for n in sorted({r["threads"] for r in args.lookup}):
+            lines.append(f"| {n} | {by[n, 'indexing']:.2f} | {by[n, 'embedding']:.2f} |")
+        lines.append("")
     for r in results:
         how = "dispatcher's choice" if r["method"] == "auto" else "forced"
         lines += [f"## weight density {_frac(r['density'])}, matmul {', '.join(r['matmul_methods'])} ({how})", "",
@@ -112,17 +147,21 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lookup-reps", type=int, default=0,
+                    help="also time the bigram-table lookup both ways, this many runs at 1 and each --threads")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--name", default="determinism_audit_cpu")
     args = ap.parse_args(argv)
     env = env_header(torch.device("cpu"))
+    args.lookup = (lookup_cost([1] + args.threads, args.batch_size, args.seq_len, 2048, args.lookup_reps)
+                   if args.lookup_reps > 1 else [])
     results = [audit(d, m, args.threads, args.repeats, args.batch_size, args.seq_len, args.seed)
                for m in args.methods for d in args.densities]
     cmd = ["python", "bench/determinism_audit.py"] + (argv or sys.argv[1:])
     md = to_markdown(env, results, args, cmd)
     if args.out:
         write_results(args.out, args.name, dict(env=env, args={k: str(v) for k, v in vars(args).items()},
-                                                results=results), md)
+                                                lookup=args.lookup, results=results), md)
     print(md)
     return 0
 
