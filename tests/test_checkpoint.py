@@ -87,6 +87,23 @@ def test_disk_full_is_one_line_naming_the_file(corpus, tmp_path):
     assert not list((out / CHECKPOINTS_DIR).iterdir()) and not (out / POINTER_FILE).exists()
 
 
+def test_second_ctrl_c_during_a_checkpoint_discards_it(corpus, tmp_path, monkeypatch):
+    import sparseformer.checkpoint as ckpt
+    out = tmp_path / "run"
+    train(micro(corpus), out, progress=False, max_steps=4)
+    before = checkpoint_dir(out)
+    model = load_run(out).model
+
+    def interrupted(path, text):
+        raise KeyboardInterrupt                   # what _StopFlag raises on a second Ctrl-C
+
+    monkeypatch.setattr(ckpt, "atomic_write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(out, model, None, 5, {}, finished=False)
+    assert checkpoint_dir(out) == before and read_state(out)["step"] == 4
+    assert [p.name for p in (out / CHECKPOINTS_DIR).iterdir()] == [before.name]
+
+
 def test_atomic_write_failure_leaves_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "f.json"
     atomic_write_text(path, "old")

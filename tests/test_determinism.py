@@ -83,6 +83,11 @@ def test_embedding_backward_is_thread_independent_even_with_repeated_tokens(two_
     with audit:
         F.embedding(idx, table).backward(grad)
     assert audit.calls["embedding_dense_backward.default"] == 1 and audit.mismatches == {}
+    by_embedding = table.grad.clone()
+    table.grad = None
+    torch.set_num_threads(1)
+    table[idx].backward(grad)                # indexing, at the one thread count where it is ordered
+    assert torch.equal(table.grad, by_embedding)
 
 
 def test_cpu_dispatcher_never_picks_torch_sparse_csr():
