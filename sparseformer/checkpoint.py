@@ -107,6 +107,7 @@ def write_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, torch.Te
                     else "no checkpoint of this run was saved before")
             raise WriteError(f"{e if isinstance(e, WriteError) else f'cannot write in {root}: {e}'}; {kept}") from e
         raise
+    fsync_dir(run_dir)              # the switch reaches the disk before the older set is removed
     faults.point("switch")
     _remove_stale(run_dir, keep=final)
     return final

@@ -89,7 +89,8 @@ def _differ(a, b) -> float | None:
 class ThreadAudit(TorchDispatchMode):
     """Runs every aten operation once more on copies of its inputs at 1 thread and `repeats` times at each
     count of `threads`, and records the operations whose outputs (or written inputs) differ in any byte:
-    `calls` counts operations by name, `mismatches` maps a thread-dependent one to what was seen."""
+    `calls` counts operations by name, `mismatches` maps a thread-dependent one to what was seen. Random
+    draws (seeded by a generator) run once, unchecked."""
 
     def __init__(self, threads=(2,), repeats: int = 1):
         super().__init__()
@@ -106,6 +107,8 @@ class ThreadAudit(TorchDispatchMode):
         kwargs = kwargs or {}
         name = f"{func.overloadpacket.__name__}.{func._overloadname}"
         self.calls[name] += 1
+        if torch.Tag.nondeterministic_seeded in func.tags:     # random draws: a rerun would move the generator
+            return func(*args, **kwargs)
         before = torch.get_num_threads()
         try:
             ref = self._rerun(func, args, kwargs, 1)
