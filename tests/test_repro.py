@@ -52,8 +52,11 @@ def env(tmp_path_factory):
     return {"corpus": corpus, "env": base, "root": root}
 
 
-def sparseformer(env, *args, threads=2, fault=None, check=True):
-    e = dict(env["env"], OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+def sparseformer(env, *args, threads=2, fault=None, check=True, cache=None):
+    e = dict(env["env"], OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+             RAYON_NUM_THREADS=str(threads))          # the tokenizer trainer's threads
+    if cache is not None:
+        e["SPARSEFORMER_CACHE"] = str(cache)
     if fault:
         e["SPARSEFORMER_FAULT"] = fault
     res = subprocess.run([sys.executable, "-c", "from sparseformer.cli import main; main()", *map(str, args)],
@@ -63,10 +66,11 @@ def sparseformer(env, *args, threads=2, fault=None, check=True):
     return res
 
 
-def train(env, out, *extra, threads=2, fault=None, check=True):
+def train(env, out, *extra, threads=2, fault=None, check=True, cache=None):
     sets = [a for s in SMALL for a in ("--set", s)]
     return sparseformer(env, "train", "--preset", "tiny", "--data", env["corpus"], "--out", out, "--steps", STEPS,
-                        "--device", "cpu", "--quiet", *sets, *extra, threads=threads, fault=fault, check=check)
+                        "--device", "cpu", "--quiet", *sets, *extra, threads=threads, fault=fault, check=check,
+                        cache=cache)
 
 
 def model_digest(run: Path) -> str:
@@ -85,10 +89,11 @@ def test_same_bytes_run_after_run_and_at_1_and_2_threads(env, reference):
     again = env["root"] / "again"
     one = env["root"] / "one_thread"
     train(env, again, threads=2)
-    train(env, one, threads=1)
+    train(env, one, threads=1, cache=env["root"] / "cache-1")   # tokenizer and token shards made afresh too
     assert read_state(reference[0])["step"] == STEPS
     assert model_digest(again) == reference[1]
     assert model_digest(one) == reference[1]
+    assert (one / "tokenizer.json").read_bytes() == (reference[0] / "tokenizer.json").read_bytes()
 
 
 def _loss_rows(run: Path) -> list:
