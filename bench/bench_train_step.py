@@ -144,17 +144,18 @@ def _groups(model, cfg):
     return [g for g in groups if g["params"]]
 
 
-_BUDGETS: dict[int, dict] = {}     # per config object: building a GPT to read them is not free
+_BUDGETS: dict[str, dict] = {}     # per config (its JSON): building a GPT to read them is not free
 
 
 def _final_budgets(cfg) -> dict:
     """{name: (k, protect)} of every sparse tensor at the end of the schedule, from the GPT's own layers."""
-    if id(cfg) not in _BUDGETS:
+    key = cfg.to_json()                # not id(cfg): a freed config's id is reused by the next density's copy
+    if key not in _BUDGETS:
         model = GPT(cfg.model)
         configure(model, cfg.sparsity)
         write_ks(model, cfg.train.steps, cfg.train.steps, cfg.sparsity)
-        _BUDGETS[id(cfg)] = {t.name: (t.k, t.protect) for t in sparse_tensors(model)}
-    return _BUDGETS[id(cfg)]
+        _BUDGETS[key] = {t.name: (t.k, t.protect) for t in sparse_tensors(model)}
+    return _BUDGETS[key]
 
 
 def initial_model(cfg, seed, device):
