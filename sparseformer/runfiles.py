@@ -125,9 +125,7 @@ def load_config(run_dir: Path) -> RunConfig:
                               f"`sparseformer train --out {run_dir}`")
     try:
         return RunConfig.from_dict(read_json(path))
-    except (ConfigError, TypeError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
+    except (ConfigError, TypeError, ValueError) as e:        # valid JSON, but not a config
         raise CheckpointError(f"{path} is not a valid run config: {str(e).splitlines()[0]}") from None
 
 
