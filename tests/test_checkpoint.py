@@ -202,6 +202,14 @@ def test_damaged_circuit_file_is_one_line(run_dir, tmp_path):
     assert "x.json" in one_error_line(CliRunner().invoke(main, ["circuits", str(run)]))
 
 
+@pytest.mark.parametrize("text", ['{"model": 5}', '{"model": {"n_layer": "two"}}', '{"nonsense": {}}', "[1, 2]"])
+def test_config_that_is_json_but_not_a_config_is_one_line(run_dir, tmp_path, text):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "config.json").write_text(text)
+    assert str(run / "config.json") in one_error_line(CliRunner().invoke(main, ["info", str(run)]))
+
+
 def test_checkpoint_pointer_to_a_missing_set_is_one_line(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
