@@ -6,9 +6,11 @@ backend. Magnitudes are compared through `keys`: the bit pattern of |x| as an in
 which orders like |x|, makes +0 and -0 equal and puts NaN above inf (as torch.topk does).
 
 A row's selection is stored as two integers (thr, cut): thr is the key of the k-th kept entry (the smallest
-kept key) and cut its column, so an entry is kept iff key > thr, or key == thr and col <= cut. k = 0 keeps
-nothing: thr = the largest key value (`key_max`), cut = -1. The masked backward rebuilds the mask from the
-output y and (thr, cut) (`mask_from_output`), so the autograd Function saves no mask of its own.
+kept key) and cut the column of the last tie kept (key == thr), so an entry is kept iff key > thr, or
+key == thr and col <= cut; when every tie is kept, cut = C - 1 (the common case, which lets the backward
+skip the column test). k = 0 keeps nothing: thr = the largest key value (`key_max`), cut = -1. The masked
+backward rebuilds the mask from the output y and (thr, cut) (`mask_from_output`), so the autograd Function
+saves no mask of its own.
 """
 
 from __future__ import annotations
@@ -46,16 +48,23 @@ def abstopk_ref(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     kept = order.indices[:, :k]
     keep = torch.zeros(M, C, dtype=torch.bool, device=x.device).scatter_(1, kept, True)
     y = torch.where(keep, x, x.new_zeros(()))
-    return y, order.values[:, k - 1].long(), kept[:, k - 1]
+    thr = order.values[:, k - 1]
+    every_tie = order.values[:, k] != thr if k < C else torch.ones_like(thr, dtype=torch.bool)
+    return y, thr.long(), torch.where(every_tie, C - 1, kept[:, k - 1])
 
 
 def abstopk_torch(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Same result as `abstopk_ref`, faster: the k-th largest key from torch.topk, then ties by a running count."""
+    """Same result as `abstopk_ref`, faster: torch.topk of the keys; when no row has more ties at its k-th key
+    than it keeps (the usual case), its indices are the kept set, else ties are ranked by a running count."""
     M, C = x.shape
     if k == 0 or M == 0:
         return abstopk_ref(x, k)
     key = keys(x)
-    thr = key.topk(k, dim=1, sorted=False).values.amin(1, keepdim=True)     # the k-th largest key
+    top, idx = key.topk(k, dim=1, sorted=False)
+    thr = top.amin(1, keepdim=True)                                         # the k-th largest key
+    if bool(((key >= thr).sum(1) == k).all()):
+        y = torch.zeros_like(x, memory_format=torch.contiguous_format).scatter_(1, idx, x.gather(1, idx))
+        return y, thr.squeeze(1).long(), torch.full((M,), C - 1, dtype=torch.int64, device=x.device)
     gt = key > thr
     tie = key == thr
     rank = tie.cumsum(1)                                                    # 1-based rank among the ties
@@ -63,6 +72,7 @@ def abstopk_torch(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     keep = gt | (tie & (rank <= need))
     cols = torch.arange(C, device=x.device)
     cut = torch.where(tie & (rank == need), cols, -1).amax(1)
+    cut = torch.where(rank[:, -1] == need.squeeze(1), C - 1, cut)           # every tie kept
     return torch.where(keep, x, x.new_zeros(())), thr.squeeze(1).long(), cut
 
 
@@ -79,4 +89,8 @@ def mask_from_output(y: Tensor, thr: Tensor, cut: Tensor) -> Tensor:
 
 def masked_grad_torch(g: Tensor, y: Tensor, thr: Tensor, cut: Tensor) -> Tensor:
     """dL/dx of AbsTopK: g where the entry was kept, 0 elsewhere (g, y [M, C])."""
-    return torch.where(mask_from_output(y, thr, cut), g, g.new_zeros(()))
+    if bool(((thr > 0) & (cut == y.shape[1] - 1)).all()):
+        keep = y != 0                  # every kept entry is non-zero and every tie kept: no column test
+    else:
+        keep = mask_from_output(y, thr, cut)
+    return torch.where(keep, g, g.new_zeros(()))

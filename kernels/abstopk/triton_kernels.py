@@ -101,6 +101,8 @@ def _abstopk_fwd_kernel(
         rank = tl.cumsum(tie.to(tl.int32), axis=1)                 # 1-based rank among the row's ties
         keep = gt | (tie & (rank <= need[:, None]))
         cut = tl.max(tl.where(tie & (rank == need[:, None]), cols[None, :], -1), axis=1)
+        every_tie = (need > 0) & (need >= tl.sum(tie.to(tl.int32), axis=1))
+        cut = tl.where(every_tie, C - 1, cut)
         tl.store(y_ptr + out_row + cols[None, :], tl.where(keep, x, tl.zeros_like(x)),
                  mask=rmask[:, None] & (cols[None, :] < C))
     else:                                  # wide rows: every step sweeps the row chunk by chunk
@@ -129,6 +131,7 @@ def _abstopk_fwd_kernel(
             seen += tl.sum(tie.to(tl.int32), axis=1)
             tl.store(y_ptr + out_row + c0 + cols[None, :], tl.where(keep, x, tl.zeros_like(x)),
                      mask=rmask[:, None] & (c0 + cols[None, :] < C))
+        cut = tl.where((need > 0) & (need >= seen), C - 1, cut)       # every tie kept
     tl.store(thr_ptr + rows, thr.to(tl.int64), mask=rmask)
     tl.store(cut_ptr + rows, cut.to(tl.int64), mask=rmask)
 
