@@ -12,7 +12,8 @@ in: float32; attn/mlp out and v: bfloat16, width 2048; mlp neurons: bfloat16, wi
   ... +bwd           forward and backward (the masked gradient) together, for each of the three
   copy               x.clone(): one read and one write of x, the floor of the forward
 x_floor = time / copy time; speedup = topk+scatter time / time. Each provider is checked once against the
-torch backend (bitwise, triton only). On a CPU only the torch providers run, at small sizes.
+torch backend (bitwise, triton only). On a CPU only the torch providers run, at small sizes (and the Triton
+ones under TRITON_INTERPRET=1: a smoke run, not a timing).
 Writes OUT/NAME.json and OUT/NAME.md (bench/common.py).
 """
 
@@ -27,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import env_header, guarded, time_ms, write_results  # noqa: E402
 
+from sparseformer.kernels import available  # noqa: E402
 from sparseformer.kernels.abstopk import abstopk, abstopk_rows  # noqa: E402
 
 SITES = [  # (model, site, width, dtype): the d_model 2048 sites first (the issue's goal)
@@ -81,7 +83,7 @@ def bench_site(model, site, T, width, dtype, device, rows, variants):
     fwd("torch", lambda: abstopk_rows(x, k, "torch")[0], check=device.type == "cpu")
     fwd_bwd("topk+scatter +bwd", None)
     fwd_bwd("torch +bwd", "torch")
-    if device.type == "cuda":
+    if available(device)["triton"] is None:      # CUDA, or the interpreter (a smoke run of this script)
         from sparseformer.kernels.abstopk.triton_kernels import abstopk_fwd_triton
         fwd("triton", lambda: abstopk_fwd_triton(x, k)[0], check=True)
         for v in variants:

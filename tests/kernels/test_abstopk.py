@@ -101,7 +101,7 @@ def test_selection_matches_rule(backend, case):
     assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
 
 
-@settings(max_examples=40 if GPU else 12)
+@settings(max_examples=min(12, settings.default.max_examples))
 @given(case=inputs(DTYPES[:3], *((MAX_M, MAX_C) if GPU else (8, 80))), block_c=st.sampled_from([16, 32]),
        block_r=st.sampled_from([2, 8]), early=st.booleans())
 def test_triton_tilings(case, block_c, block_r, early):
