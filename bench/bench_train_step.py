@@ -1,9 +1,9 @@
 """Training-step throughput: our engine against the paper's way, same model, same machine, same run.
 
 Engines (the GPT of sparseformer.model at a fixed weight density, protection off, same init and batches):
-  paper         nn.Linear on masked weights (dense matmuls), torch.optim.Adam (fused on CUDA), then a
-                per-tensor torch.topk projection and decoupled weight decay, as the paper's official
-                script runs it
+  paper         nn.Linear on masked weights (dense matmuls), AbsTopK by torch.topk + scatter,
+                torch.optim.Adam (fused on CUDA), then a per-tensor torch.topk projection and decoupled
+                weight decay, as the paper's official script runs it
   ours          SparseLinear (the dispatcher's matmul method per layer) + SparseAdamW, dW "dense" (the
                 same algorithm as paper)
   ours-support  the same with dW "support" (opt-in, changes the algorithm: dW on the support plus
@@ -43,7 +43,7 @@ from common import device_line, env_header, sync  # noqa: E402
 from sparseformer.checkpoint import resolve_device  # noqa: E402
 from sparseformer.config import SparsityConfig, TrainConfig, get_preset, paper  # noqa: E402
 from sparseformer.layers import densify, sparse_layers, sparse_tensors, sparsify  # noqa: E402
-from sparseformer.model import GPT  # noqa: E402
+from sparseformer.model import GPT, AbsTopK  # noqa: E402
 from sparseformer.sparsity.optimizer import SparseAdamW  # noqa: E402
 from sparseformer.sparsity.params import configure, write_ks  # noqa: E402
 
@@ -80,6 +80,23 @@ class PaperWayAdamW:
         for g in self.groups:
             if g.get("weight_decay"):
                 torch._foreach_mul_(g["params"], 1 - self.lr * g["weight_decay"])
+
+
+class PaperAbsTopK(AbsTopK):
+    """AbsTopK the straightforward way: torch.topk of |x| per row, the kept values scattered into zeros."""
+
+    def forward(self, x):
+        if self.k is None or self.k >= x.shape[-1]:
+            return x
+        idx = x.abs().topk(self.k, dim=-1, sorted=False).indices
+        return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
+
+
+def _paper_abstopk(model):
+    for name, m in list(model.named_modules()):
+        if type(m) is AbsTopK:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, PaperAbsTopK(m.k))
 
 
 def _topk_project_(p, k, protect):
@@ -119,6 +136,7 @@ def build(cfg, density, engine, init_model, device, args):
     groups = _groups(model, cfg)
     tc = cfg.train
     if engine == "paper":
+        _paper_abstopk(model)
         opt = PaperWayAdamW(groups, tc.lr, (tc.beta1, tc.beta2), tc.eps, fused=device.type == "cuda")
     else:
         opt = SparseAdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, backend=args.backend)
