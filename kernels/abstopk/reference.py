@@ -63,7 +63,11 @@ def abstopk_torch(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     top, idx = key.topk(k, dim=1, sorted=False)
     thr = top.amin(1, keepdim=True)                                         # the k-th largest key
     if bool(((key >= thr).sum(1) == k).all()):
-        y = torch.zeros_like(x, memory_format=torch.contiguous_format).scatter_(1, idx, x.gather(1, idx))
+        if x.element_size() >= 4:
+            y = torch.zeros_like(x, memory_format=torch.contiguous_format).scatter_(1, idx, x.gather(1, idx))
+        else:   # scatter of 16-bit floats rewrites NaN payloads on the CPU; where copies the bits
+            keep = torch.zeros(M, C, dtype=torch.bool, device=x.device).scatter_(1, idx, True)
+            y = torch.where(keep, x, x.new_zeros(()))
         return y, thr.squeeze(1).long(), torch.full((M,), C - 1, dtype=torch.int64, device=x.device)
     gt = key > thr
     tie = key == thr
