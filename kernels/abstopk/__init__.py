@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..dispatch import resolve
-from .reference import abstopk_ref, abstopk_torch, keys, mask_from_output, masked_grad_torch
+from .reference import abstopk_ref, keys, mask_from_output, masked_grad_torch, select_torch
 
 __all__ = ["abstopk", "abstopk_ref", "abstopk_rows", "keys", "mask_from_output"]
 
@@ -29,7 +29,7 @@ def abstopk_rows(x: Tensor, k: int, backend: str = "torch") -> tuple[Tensor, Ten
     if backend == "triton":
         from .triton_kernels import abstopk_fwd_triton
         return abstopk_fwd_triton(x, k)
-    return abstopk_torch(x, k)
+    return select_torch(x, k)[:3]
 
 
 def _as_rows(x: Tensor) -> Tensor:
@@ -43,24 +43,29 @@ def _as_rows(x: Tensor) -> Tensor:
 class _AbsTopK(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, k: int, backend: str) -> Tensor:
-        y, thr, cut = abstopk_rows(_as_rows(x), k, backend)
-        out = y.view(x.shape)
-        ctx.save_for_backward(out, thr, cut)      # the output, not a mask: the next op usually keeps it anyway
         ctx.backend = backend
+        if backend == "triton":
+            y, thr, cut = abstopk_rows(_as_rows(x), k, backend)
+            out = y.view(x.shape)
+            ctx.save_for_backward(out, thr, cut)  # the output, not a mask: the next op usually keeps it anyway
+        else:
+            y, _, _, idx = select_torch(_as_rows(x), k)
+            out = y.view(x.shape)
+            ctx.save_for_backward(idx)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):
-        out, thr, cut = ctx.saved_tensors
-        y = out.view(-1, out.shape[-1])
         g2 = _as_rows(g)
         if ctx.backend == "triton":
             from .triton_kernels import abstopk_bwd_triton
-            dx = abstopk_bwd_triton(g2, y, thr, cut)
+            out, thr, cut = ctx.saved_tensors
+            dx = abstopk_bwd_triton(g2, out.view(-1, out.shape[-1]), thr, cut)
         else:
-            dx = masked_grad_torch(g2, y, thr, cut)
-        return dx.view(out.shape), None, None
+            (idx,) = ctx.saved_tensors
+            dx = masked_grad_torch(g2, idx)
+        return dx.view(g.shape), None, None
 
 
 def abstopk(x: Tensor, k: int, *, backend: str | None = None) -> Tensor:

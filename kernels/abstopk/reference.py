@@ -7,10 +7,9 @@ which orders like |x|, makes +0 and -0 equal and puts NaN above inf (as torch.to
 
 A row's selection is stored as two integers (thr, cut): thr is the key of the k-th kept entry (the smallest
 kept key) and cut the column of the last tie kept (key == thr), so an entry is kept iff key > thr, or
-key == thr and col <= cut; when every tie is kept, cut = C - 1 (the common case, which lets the backward
-skip the column test). k = 0 keeps nothing: thr = the largest key value (`key_max`), cut = -1. The masked
-backward rebuilds the mask from the output y and (thr, cut) (`mask_from_output`), so the autograd Function
-saves no mask of its own.
+key == thr and col <= cut; when every tie is kept, cut = C - 1. k = 0 keeps nothing: thr = the largest key
+value (`key_max`), cut = -1. The Triton backward rebuilds the mask from the output y and (thr, cut)
+(`mask_from_output`), so it saves no mask; the torch backend keeps torch.topk's k indices per row instead.
 """
 
 from __future__ import annotations
@@ -38,46 +37,78 @@ def abstopk_ref(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The rule itself, written for clarity: x [M, C], 0 <= k <= C -> (y [M, C], thr [M], cut [M] int64).
 
     A stable descending sort of the keys puts the kept entries first, ties in column order."""
+    return _sorted_select(x, k)[:3]
+
+
+def _sorted_select(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     M, C = x.shape
     if not 0 <= k <= C:
         raise ValueError(f"abstopk: k={k} outside [0, {C}]")
     if k == 0:
         full = lambda v: torch.full((M,), v, dtype=torch.int64, device=x.device)   # noqa: E731
-        return torch.zeros_like(x, memory_format=torch.contiguous_format), full(key_max(x.dtype)), full(-1)
+        return (torch.zeros_like(x, memory_format=torch.contiguous_format), full(key_max(x.dtype)), full(-1),
+                torch.zeros(M, 0, dtype=torch.int64, device=x.device))
     order = torch.sort(keys(x), dim=1, descending=True, stable=True)
     kept = order.indices[:, :k]
-    keep = torch.zeros(M, C, dtype=torch.bool, device=x.device).scatter_(1, kept, True)
-    y = torch.where(keep, x, x.new_zeros(()))
     thr = order.values[:, k - 1]
     every_tie = order.values[:, k] != thr if k < C else torch.ones_like(thr, dtype=torch.bool)
-    return y, thr.long(), torch.where(every_tie, C - 1, kept[:, k - 1])
+    return _take(x, kept), thr.long(), torch.where(every_tie, C - 1, kept[:, k - 1]), kept
 
 
-def abstopk_torch(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Same result as `abstopk_ref`, faster: torch.topk of the keys; when no row has more ties at its k-th key
-    than it keeps (the usual case), its indices are the kept set, else ties are ranked by a running count."""
+def select_torch(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`abstopk_ref`'s (y, thr, cut) and the kept columns idx [M, k], by torch.topk of integer keys: the plain
+    keys for rows with more than k non-zeros (redone with composite keys key * C + (C - 1 - col), which order
+    like the rule, where ties at the k-th key are left out), and for rows with at most k non-zeros (common
+    after very sparse weights) composite keys (non-zero, C - 1 - col): every non-zero, then the lowest zeros.
+    float64 keys do not fit in a composite: sorted instead."""
     M, C = x.shape
-    if k == 0 or M == 0:
-        return abstopk_ref(x, k)
+    if k == 0 or M == 0 or k == C or x.element_size() == 8:
+        return _sorted_select(x, k)
     key = keys(x)
-    top, idx = key.topk(k, dim=1, sorted=False)
-    thr = top.amin(1, keepdim=True)                                         # the k-th largest key
-    if bool(((key >= thr).sum(1) == k).all()):
-        if x.element_size() >= 4:
-            y = torch.zeros_like(x, memory_format=torch.contiguous_format).scatter_(1, idx, x.gather(1, idx))
-        else:   # scatter of 16-bit floats rewrites NaN payloads on the CPU; where copies the bits
-            keep = torch.zeros(M, C, dtype=torch.bool, device=x.device).scatter_(1, idx, True)
-            y = torch.where(keep, x, x.new_zeros(()))
-        return y, thr.squeeze(1).long(), torch.full((M,), C - 1, dtype=torch.int64, device=x.device)
-    gt = key > thr
-    tie = key == thr
-    rank = tie.cumsum(1)                                                    # 1-based rank among the ties
-    need = k - gt.sum(1, keepdim=True)                                      # ties to take, >= 1
-    keep = gt | (tie & (rank <= need))
-    cols = torch.arange(C, device=x.device)
-    cut = torch.where(tie & (rank == need), cols, -1).amax(1)
-    cut = torch.where(rank[:, -1] == need.squeeze(1), C - 1, cut)           # every tie kept
-    return torch.where(keep, x, x.new_zeros(())), thr.squeeze(1).long(), cut
+    n_nz = torch.count_nonzero(key, dim=1)
+    idx = torch.empty(M, k, dtype=torch.int64, device=x.device)
+    cut = torch.full((M,), C - 1, dtype=torch.int64, device=x.device)   # every tie kept, unless set below
+    rev = torch.arange(C - 1, -1, -1, device=x.device)
+    rev32 = rev.to(torch.int32)
+    few = n_nz <= k
+    for rows, many in ((_rows(few), False), (_rows(~few), True)):
+        if rows is None:
+            continue
+        sub = key[rows]
+        if not many:
+            top, idx[rows] = torch.where(sub > 0, rev32 + C, rev32).topk(k, dim=1, sorted=False)
+            cut[rows] = torch.where(n_nz[rows] < k, C - 1 - top.amin(1).long() % C, C - 1)
+            continue
+        top, idx[rows] = sub.topk(k, dim=1, sorted=False)
+        thr = top.amin(1)
+        tied = _rows((sub >= thr[:, None]).sum(1) > k)                 # ties at the k-th key left out
+        if tied is not None:
+            ctop, cidx = (sub[tied].long() * C + rev).topk(k, dim=1, sorted=False)
+            sel = rows[tied] if isinstance(rows, Tensor) else tied
+            idx[sel] = cidx
+            cut[sel] = C - 1 - ctop.amin(1) % C
+    return _take(x, idx), key.gather(1, idx).amin(1).long(), cut, idx
+
+
+def _rows(mask: Tensor):
+    """All rows (a full slice) when mask is all True, None when it is all False, else the row indices."""
+    if bool(mask.all()):
+        return slice(None)
+    return mask.nonzero().squeeze(1) if bool(mask.any()) else None
+
+
+def _take(x: Tensor, idx: Tensor) -> Tensor:
+    """x at the columns idx [M, k] of each row, zeros elsewhere; a contiguous copy of x's bits."""
+    if x.element_size() >= 4:
+        return torch.zeros_like(x, memory_format=torch.contiguous_format).scatter_(1, idx, x.gather(1, idx))
+    # scatter of 16-bit floats rewrites NaN payloads on the CPU; where copies the bits
+    keep = torch.zeros(x.shape, dtype=torch.bool, device=x.device).scatter_(1, idx, True)
+    return torch.where(keep, x, x.new_zeros(()))
+
+
+def masked_grad_torch(g: Tensor, idx: Tensor) -> Tensor:
+    """dL/dx of AbsTopK on the torch backend: g at the kept columns idx [M, k] of each row, 0 elsewhere."""
+    return torch.zeros_like(g, memory_format=torch.contiguous_format).scatter_(1, idx, g.gather(1, idx))
 
 
 def mask_from_output(y: Tensor, thr: Tensor, cut: Tensor) -> Tensor:
@@ -89,12 +120,3 @@ def mask_from_output(y: Tensor, thr: Tensor, cut: Tensor) -> Tensor:
     thr, cut = thr[:, None], cut[:, None]
     cols = torch.arange(y.shape[1], device=y.device)
     return (key > thr) | ((key == thr) & (cols <= cut))
-
-
-def masked_grad_torch(g: Tensor, y: Tensor, thr: Tensor, cut: Tensor) -> Tensor:
-    """dL/dx of AbsTopK: g where the entry was kept, 0 elsewhere (g, y [M, C])."""
-    if bool(((thr > 0) & (cut == y.shape[1] - 1)).all()):
-        keep = y != 0                  # every kept entry is non-zero and every tie kept: no column test
-    else:
-        keep = mask_from_output(y, thr, cut)
-    return torch.where(keep, g, g.new_zeros(()))
