@@ -192,8 +192,8 @@ def step_goal(train: dict | None) -> list[dict]:
 
 
 def abstopk_summary(ab: dict | None) -> list[str]:
-    rows = [r for r in (ab or {}).get("rows", []) if r.get("provider") in ("triton", "topk+scatter", "triton +bwd")
-            and "median_ms" in r]
+    keep = ("topk+scatter", "triton", "topk+scatter +bwd", "triton +bwd")
+    rows = [r for r in (ab or {}).get("rows", []) if r.get("provider") in keep and "median_ms" in r]
     if not rows:
         return []
     lines = ["| site | dtype | width | provider | ms | x copy | vs topk+scatter |", "|---|---|---|---|---|---|---|"]

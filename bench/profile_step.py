@@ -43,11 +43,11 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_train_step import build, initial_model, markov_batches  # noqa: E402
+from bench_train_step import add_model_args, bench_config, build, initial_model, markov_batches  # noqa: E402
 from common import env_header, sync, write_results  # noqa: E402
 
 from sparseformer.checkpoint import resolve_device  # noqa: E402
-from sparseformer.config import SparsityConfig, TrainConfig, get_preset, paper  # noqa: E402
+from sparseformer.config import SparsityConfig  # noqa: E402
 from sparseformer.model import AbsTopK, CausalSelfAttention  # noqa: E402
 
 CATEGORIES = ("forward and dX products", "dW products", "format build", "AbsTopK", "attention",
@@ -324,18 +324,12 @@ def to_markdown(env, cfg, rows, args, argv) -> str:
 def run(argv=None) -> list[dict]:
     """Parse the command line, profile each engine and write the results; returns the rows."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--preset", default=None, help="config preset (default: tiny on CPU, paper width 8 on GPU)")
-    ap.add_argument("--width", type=float, default=8.0, help="paper model width multiplier when no preset")
-    ap.add_argument("--n-layer", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--seq-len", type=int, default=None)
+    add_model_args(ap)
     ap.add_argument("--density", type=float, default=1 / 1024)
     ap.add_argument("--engines", nargs="+", default=["ours", "paper"])
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--timed", type=int, default=3)
     ap.add_argument("--profiled", type=int, default=2)
-    ap.add_argument("--embed-ratio", type=float, default=None)
     ap.add_argument("--backend", default=None, help="SparseAdamW kernels backend")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -346,19 +340,7 @@ def run(argv=None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
-    gpu = dev.type == "cuda"
-    if args.preset or not gpu:
-        cfg = get_preset(args.preset or "tiny")
-        args.preset_label = args.preset or "tiny"
-    else:
-        cfg = paper(width=args.width)
-        args.preset_label = f"paper width {args.width:g}"
-    if args.n_layer:
-        cfg.model.n_layer = args.n_layer
-    cfg.train = TrainConfig(**{**vars(cfg.train), "steps": 10_000})   # the anneal is over: final densities
-    args.batch_size = args.batch_size or (64 if gpu else cfg.train.batch_size)
-    args.seq_len = args.seq_len or (256 if gpu else cfg.train.seq_len)
-    args.embed_ratio_used = args.embed_ratio or cfg.sparsity.final_embed_density / cfg.sparsity.weight_density
+    cfg = bench_config(args, dev.type == "cuda")
     # build() reads the support-dW knobs even for the dense-dW engines profiled here
     args.dense_every, args.candidates = 8, 0.5
     n_batches = args.warmup + args.timed + args.profiled
