@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU run: install, build the CUDA extension, run the benches that answer the GPU performance goals
-# (docs/gpu-performance.md), the two hooks, the GPU tests, and write ONE report under $OUT:
+# (docs/gpu-performance.md), the two hooks, the other bench/bench_*.py, the GPU tests, and write ONE report
+# under $OUT:
 #   gpu_report.md    card, versions, commit, the goals table (met / NOT met / not measured), every bench table
 #   gpu_report.json  the same as data: steps, pytest summaries, every bench document, the goals
 #   gpu_check.log    everything printed
@@ -121,6 +122,17 @@ if [ "$HAS_GPU" = "1" ]; then
   HOOK_SUPPORT_DW=${HOOK_SUPPORT_DW:-}
   [ -n "$HOOK_DISTRIBUTED" ] && step hook_distributed "$(cap 30)" bash -c "$HOOK_DISTRIBUTED"
   [ -n "$HOOK_SUPPORT_DW" ] && step hook_support_dw "$(cap 30)" bash -c "$HOOK_SUPPORT_DW"
+
+  # ---------------------------------------------------------------- every other bench/bench_*.py
+  # (e.g. bench_deterministic), CAP_<name> seconds each (default 45), keeping about 90 s for the tests
+  GOAL_BENCHES=" bench_abstopk profile_step bench_spmm bench_topk bench_train_step "
+  for b in $(ls bench/bench_*.py | xargs -n1 basename | sed 's/\.py$//'); do
+    case "$GOAL_BENCHES" in *" $b "*) continue ;; esac
+    [ "$(left)" -lt 120 ] && { say "$b: skipped (budget kept for the tests)"; continue; }
+    avar="ARGS_$b"
+    # shellcheck disable=SC2086  # ARGS_<bench> is a word list on purpose
+    step "$b" "$(cap "$(capof "$b" 45)" 90)" $PY "bench/$b.py" --out "$WORK" --name "$b" ${!avar:-}
+  done
 
   # ---------------------------------------------------------------- GPU tests with what is left
   # few hypothesis examples (profile gpu_check), one autotune config per kernel; the nvcc test is moot after
