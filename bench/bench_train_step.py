@@ -1,9 +1,9 @@
 """Training-step throughput: our engine against the paper's way, same model, same machine, same run.
 
 Engines (the GPT of sparseformer.model at a fixed weight density, protection off, same init and batches):
-  paper         nn.Linear on masked weights (dense matmuls), torch.optim.Adam (fused on CUDA), then a
-                per-tensor torch.topk projection and decoupled weight decay, as the paper's official
-                script runs it
+  paper         nn.Linear on masked weights (dense matmuls), AbsTopK by torch.topk + scatter,
+                torch.optim.Adam (fused on CUDA), then a per-tensor torch.topk projection and decoupled
+                weight decay, as the paper's official script runs it
   ours          SparseLinear (the dispatcher's matmul method per layer) + SparseAdamW, dW "dense" (the
                 same algorithm as paper)
   ours-support  the same with dW "support" (opt-in, changes the algorithm: dW on the support plus
@@ -43,7 +43,7 @@ from common import device_line, env_header, sync  # noqa: E402
 from sparseformer.checkpoint import resolve_device  # noqa: E402
 from sparseformer.config import SparsityConfig, TrainConfig, get_preset, paper  # noqa: E402
 from sparseformer.layers import densify, sparse_layers, sparse_tensors, sparsify  # noqa: E402
-from sparseformer.model import GPT  # noqa: E402
+from sparseformer.model import GPT, AbsTopK  # noqa: E402
 from sparseformer.sparsity.optimizer import SparseAdamW  # noqa: E402
 from sparseformer.sparsity.params import configure, write_ks  # noqa: E402
 
@@ -80,6 +80,23 @@ class PaperWayAdamW:
         for g in self.groups:
             if g.get("weight_decay"):
                 torch._foreach_mul_(g["params"], 1 - self.lr * g["weight_decay"])
+
+
+class PaperAbsTopK(AbsTopK):
+    """AbsTopK the straightforward way: torch.topk of |x| per row, the kept values scattered into zeros."""
+
+    def forward(self, x):
+        if self.k is None or self.k >= x.shape[-1]:
+            return x
+        idx = x.abs().topk(self.k, dim=-1, sorted=False).indices
+        return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
+
+
+def _paper_abstopk(model):
+    for name, m in list(model.named_modules()):
+        if type(m) is AbsTopK:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, PaperAbsTopK(m.k))
 
 
 def _topk_project_(p, k, protect):
@@ -119,6 +136,7 @@ def build(cfg, density, engine, init_model, device, args):
     groups = _groups(model, cfg)
     tc = cfg.train
     if engine == "paper":
+        _paper_abstopk(model)
         opt = PaperWayAdamW(groups, tc.lr, (tc.beta1, tc.beta2), tc.eps, fused=device.type == "cuda")
     else:
         opt = SparseAdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, backend=args.backend)
@@ -252,20 +270,43 @@ def to_markdown(env, cfg, rows, args, argv) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_args(ap) -> None:
+    """The command-line options that pick the model and batch (read by bench_config)."""
     ap.add_argument("--device", default="auto")
     ap.add_argument("--preset", default=None, help="config preset (default: tiny on CPU, paper width 8 on GPU)")
     ap.add_argument("--width", type=float, default=8.0, help="paper model width multiplier when no preset")
     ap.add_argument("--n-layer", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--seq-len", type=int, default=None)
+    ap.add_argument("--embed-ratio", type=float, default=None,
+                    help="embedding/bias density over weight density (default: the preset's ratio)")
+
+
+def bench_config(args, gpu: bool):
+    """The run config of a bench (--preset, else tiny on a CPU and the paper model at --width on a GPU) at
+    its final densities; fills in args.preset_label, batch_size, seq_len and embed_ratio_used."""
+    if args.preset or not gpu:
+        cfg = get_preset(args.preset or "tiny")
+        args.preset_label = args.preset or "tiny"
+    else:
+        cfg = paper(width=args.width)
+        args.preset_label = f"paper width {args.width:g}"
+    if args.n_layer:
+        cfg.model.n_layer = args.n_layer
+    cfg.train = TrainConfig(**{**vars(cfg.train), "steps": 10_000})   # the anneal is over: final densities
+    args.batch_size = args.batch_size or (64 if gpu else cfg.train.batch_size)
+    args.seq_len = args.seq_len or (256 if gpu else cfg.train.seq_len)
+    args.embed_ratio_used = args.embed_ratio or cfg.sparsity.final_embed_density / cfg.sparsity.weight_density
+    return cfg
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(ap)
     ap.add_argument("--densities", type=float, nargs="+", default=None)
     ap.add_argument("--engines", nargs="+", default=["paper", "ours", "ours-support"])
     ap.add_argument("--steps", type=int, default=None, help="steps per engine (loss reported after these)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--embed-ratio", type=float, default=None,
-                    help="embedding/bias density over weight density (default: the preset's ratio)")
     ap.add_argument("--dense-every", type=int, default=8)
     ap.add_argument("--candidates", type=float, default=0.5)
     ap.add_argument("--backend", default=None, help="SparseAdamW kernels backend")
@@ -280,22 +321,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
     gpu = dev.type == "cuda"
-    if args.preset or not gpu:
-        cfg = get_preset(args.preset or "tiny")
-        args.preset_label = args.preset or "tiny"
-    else:
-        cfg = paper(width=args.width)
-        args.preset_label = f"paper width {args.width:g}"
-    if args.n_layer:
-        cfg.model.n_layer = args.n_layer
-    cfg.train = TrainConfig(**{**vars(cfg.train), "steps": 10_000})   # the anneal is over: final densities
-    args.batch_size = args.batch_size or (64 if gpu else cfg.train.batch_size)
-    args.seq_len = args.seq_len or (256 if gpu else cfg.train.seq_len)
+    cfg = bench_config(args, gpu)
     if args.quick:
         args.batch_size, args.seq_len = (16, 256) if gpu else (4, 64)
     args.steps = args.steps or (10 if gpu else 16) if not args.quick else 4
     args.warmup = min(args.warmup, args.steps - 1)
-    args.embed_ratio_used = args.embed_ratio or cfg.sparsity.final_embed_density / cfg.sparsity.weight_density
     # GPU order = priority (a capped run keeps the densities that finished)
     densities = args.densities or ((1 / 1024, 1 / 256, 1 / 64) if gpu else (1 / 64, 1 / 256, 1 / 1024))
     engines = list(dict.fromkeys(["paper"] + args.engines))

@@ -119,6 +119,10 @@ def device_line(head: dict) -> str:
 
 
 def _git_commit() -> str | None:
+    """SPARSEFORMER_COMMIT when set (bench/gpu_check.sh passes the host's commit: a device copy's git metadata
+    can be stale), else git's short HEAD."""
+    if os.environ.get("SPARSEFORMER_COMMIT"):
+        return os.environ["SPARSEFORMER_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=os.path.dirname(os.path.abspath(__file__)))

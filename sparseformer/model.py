@@ -23,21 +23,14 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .hooks import HookPoint
+from .kernels.abstopk import abstopk
 from .layers import SparseEmbedding, SparseLinear
 from .sites import site_spec, site_width
 
 
-def abstopk(x: Tensor, k: int) -> Tensor:
-    """Keep the k largest-|x| entries of each row (last dim) with their sign; zero the rest.
-    Gradients flow only through the kept entries."""
-    if k >= x.shape[-1]:
-        return x
-    idx = x.abs().topk(k, dim=-1, sorted=False).indices
-    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
-
-
 class AbsTopK(nn.Module):
-    """AbsTopK at one site; identity when k is None (the site is not sparsified)."""
+    """AbsTopK at one site (the k largest |x| of each token, ties to the lowest feature; gradients through
+    the kept entries only); identity when k is None (the site is not sparsified)."""
 
     def __init__(self, k: int | None):
         super().__init__()
