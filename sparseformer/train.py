@@ -29,7 +29,7 @@ from .config import RunConfig
 from .data.for_config import load_dataset
 from .determinism import deterministic_mode
 from .distributed import (DistContext, PeerLost, ShardedSparseAdamW, check_batch, full_state, gradient_sync,
-                          init_context, is_collective_failure, micro_batches, planned_world_size, wrap_model)
+                          init_context, micro_batches, planned_world_size, wrap_model)
 from .errors import CheckpointError, TrainingDiverged
 from .model import GPT
 from .sparsity.optimizer import SparseAdamW
@@ -151,10 +151,9 @@ def _build(cfg: RunConfig, out: Path, start: int, ctx: DistContext):
         ckpt.load_model_weights(out, model, expect_step=start)
     model.to(ctx.device).train()
     wrapped = wrap_model(model, ctx)                  # FSDP2 shards `model` in place: optimizer after this
-    kind = ShardedSparseAdamW if ctx.mode == "fsdp" else SparseAdamW
-    extra = {"ctx": ctx} if ctx.mode == "fsdp" else {}
-    optimizer = kind(param_groups(model, weight_decay=tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2),
-                     eps=tc.eps, grad_rms_norm=tc.grad_rms_norm, backend=tc.backend, **extra)
+    groups = param_groups(model, weight_decay=tc.weight_decay)
+    hyper = dict(lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, grad_rms_norm=tc.grad_rms_norm, backend=tc.backend)
+    optimizer = ShardedSparseAdamW(groups, ctx, **hyper) if ctx.mode == "fsdp" else SparseAdamW(groups, **hyper)
     if start > 0:
         place = ShardedSparseAdamW.place_state if ctx.mode == "fsdp" else None
         ckpt.load_optimizer_state(out, model, optimizer, start, place=place)
@@ -244,10 +243,9 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
                                 last_good, out)
                 break
     except (PeerLost, RuntimeError) as e:
-        if not (isinstance(e, PeerLost) or (ctx.distributed and is_collective_failure(e))):
+        lost = ctx.lost_contact(e)
+        if lost is None:
             raise
-        lost = e if isinstance(e, PeerLost) else PeerLost(f"rank {ctx.rank} of {ctx.world_size} lost contact "
-                                                          f"with another rank")
         raise PeerLost(f"{lost} during step {step + 1}; the last checkpoint (step {last_good}) is in {out}: "
                        f"relaunch with --resume") from e
     finally:

@@ -111,6 +111,16 @@ class DistContext:
         """Context manager: a collective failure inside becomes PeerLost naming `what`."""
         return _Collective(self, what)
 
+    def lost_contact(self, err: BaseException) -> PeerLost | None:
+        """`err` as PeerLost when it is a failed collective (raised by DDP or FSDP2 inside forward or
+        backward, or by `collective`); None for any other error."""
+        if isinstance(err, PeerLost):
+            return err
+        if self.distributed and is_collective_failure(err):
+            return PeerLost(f"rank {self.rank} of {self.world_size} lost contact with another rank "
+                            f"({failure_reason(err)})")
+        return None
+
     def close(self) -> None:
         """End the process group if this context started it."""
         if self.owns_group and torch.distributed.is_initialized():
