@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -240,21 +241,38 @@ def exactness(args, work: Path) -> list[dict]:
 
 
 def gpu_smoke(args, work: Path) -> list[dict]:
-    """The paper-width 8 model on one GPU under torchrun with --dist fsdp (world size 1)."""
-    spec = dict(model="paper-8x", mode="fsdp", batch=args.gpu_batch, seq=256, steps=args.gpu_steps, accum=1,
-                threads=4, device="cuda", max_seconds=args.gpu_seconds, out=str(work / "gpu.rank0.json"))
+    """The paper-width 8 model on one GPU under torchrun with --dist fsdp (world size 1). torchrun and its
+    rank run in their own process group, killed whole if they outlive --gpu-timeout (or this script)."""
+    spec = dict(model=args.smoke_model, mode="fsdp", batch=args.gpu_batch, seq=args.gpu_seq, steps=args.gpu_steps,
+                accum=1, threads=4, device=args.smoke_device, max_seconds=args.gpu_seconds,
+                out=str(work / "gpu.rank0.json"))
     path = work / "gpu.spec.json"
     path.write_text(json.dumps(spec))
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                          __file__, "--rank-spec", str(path)], capture_output=True, text=True, timeout=args.timeout)
-    if res.returncode:
-        raise RuntimeError(res.stdout[-3000:] + res.stderr[-3000:])
+    row = dict(model="paper width 8 (d_model 2048, 8 layers)" if args.smoke_model == "paper-8x" else args.smoke_model,
+               mode=f"fsdp, torchrun, 1 {'GPU' if args.smoke_device == 'cuda' else 'CPU process'}")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                             __file__, "--rank-spec", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))       # gpu_check.sh's timeout: clean up below
+    try:
+        output = proc.communicate(timeout=args.gpu_timeout)[0]
+    except subprocess.TimeoutExpired:
+        output = f"timed out after {args.gpu_timeout:g} s"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode != 0 or not (work / "gpu.rank0.json").is_file():
+        row["error"] = output.strip().splitlines()[-1][:300] if output.strip() else f"exit code {proc.returncode}"
+        log.info("%s", output[-3000:])
+        return [row]
     r = json.loads((work / "gpu.rank0.json").read_text())
     steps = r["step_s"][1:] or r["step_s"]
-    return [dict(model="paper width 8 (d_model 2048, 8 layers)", mode="fsdp, torchrun, 1 GPU", steps=len(r["step_s"]),
-                 step_ms=statistics.median(steps) * 1e3, tokens_per_s=args.gpu_batch * 256 / statistics.median(steps),
-                 params_mb=r["param_bytes"] / MB, grads_mb=r["grad_bytes"] / MB, optim_mb=r["optim_bytes"] / MB,
-                 peak_gpu_mb=r.get("peak_gpu_mb"), exact_k=r["exact_k"], final_loss=r["losses"][-1], **_calls(r["comm"]))]
+    row.update(steps=len(r["step_s"]), step_ms=statistics.median(steps) * 1e3,
+               tokens_per_s=args.gpu_batch * args.gpu_seq / statistics.median(steps), params_mb=r["param_bytes"] / MB,
+               grads_mb=r["grad_bytes"] / MB, optim_mb=r["optim_bytes"] / MB, peak_gpu_mb=r.get("peak_gpu_mb"),
+               exact_k=r["exact_k"], final_loss=r["losses"][-1], **_calls(r["comm"]))
+    return [row]
 
 
 THROUGHPUT_COLS = ["model", "mode", "ranks", "threads_per_rank", "tokens_per_s", "speedup", "params_mb", "grads_mb",
@@ -263,7 +281,7 @@ THROUGHPUT_COLS = ["model", "mode", "ranks", "threads_per_rank", "tokens_per_s",
 EXACT_COLS = ["compare", "weights_identical", "masks_identical", "moments_identical", "max_weight_diff",
               "max_loss_rel_diff"]
 GPU_COLS = ["model", "mode", "steps", "step_ms", "tokens_per_s", "params_mb", "grads_mb", "optim_mb", "peak_gpu_mb",
-            "select_passes", "select_hist_kb", "exact_k"]
+            "select_passes", "select_hist_kb", "exact_k", "error"]
 
 
 def main(argv=None) -> int:
@@ -279,9 +297,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads in all (default: every core)")
     ap.add_argument("--skip-exactness", action="store_true")
     ap.add_argument("--cpu", action="store_true", help="the CPU measurements even when CUDA is available")
+    ap.add_argument("--smoke", action="store_true", help="the smoke test even without CUDA (with --smoke-device cpu)")
+    ap.add_argument("--smoke-model", default="paper-8x", choices=["paper-8x", *MODELS])
+    ap.add_argument("--smoke-device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--gpu-batch", type=int, default=64)
+    ap.add_argument("--gpu-seq", type=int, default=256)
     ap.add_argument("--gpu-steps", type=int, default=6)
-    ap.add_argument("--gpu-seconds", type=float, default=20.0, help="stop timing GPU steps after this")
+    ap.add_argument("--gpu-seconds", type=float, default=12.0, help="stop timing GPU steps after this")
+    ap.add_argument("--gpu-timeout", type=float, default=40.0, help="give up the GPU smoke test after this")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--rank-spec", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -289,8 +312,8 @@ def main(argv=None) -> int:
     if args.rank_spec is not None:
         rank_main(json.loads(args.rank_spec.read_text()))
         return 0
-    gpu = torch.cuda.is_available() and not args.cpu
-    env = env_header("cuda" if gpu else "cpu")
+    gpu = (torch.cuda.is_available() and not args.cpu) or args.smoke
+    env = env_header("cuda" if gpu and args.smoke_device == "cuda" else "cpu")
     cmd = "python bench/bench_distributed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

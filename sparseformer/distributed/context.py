@@ -85,8 +85,9 @@ class DistContext:
         the others then read, such as tokenising the corpus."""
         if not self.distributed:
             return fn()
-        result = self.on_main(fn)
-        return result if self.is_main else fn()
+        mine: list[T] = []
+        self.on_main(lambda: mine.append(fn()))          # shares the outcome, not the (large) result
+        return mine[0] if self.is_main else fn()
 
     def all_sum(self, values: list[float]) -> list[float]:
         """The float64 sums of `values` over all ranks (the values themselves in one process)."""
@@ -142,8 +143,9 @@ class _Collective:
         return False
 
 
+# what gloo and NCCL say when a peer is gone or silent (their other errors, e.g. a bad tensor size, are bugs)
 _FAILURE_WORDS = re.compile(r"connection (closed|reset|refused)|broken pipe|timed out|timeout|socket|"
-                            r"\bnccl\b|\bgloo\b|watchdog|peer", re.IGNORECASE)
+                            r"nccl (error|communicator)|watchdog", re.IGNORECASE)
 
 
 def all_gather_rows(out: torch.Tensor, local: torch.Tensor) -> None:

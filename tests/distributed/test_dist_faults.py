@@ -83,3 +83,22 @@ def test_check_batch_names_the_numbers():
     with pytest.raises(ConfigError, match=r"batch_size=10 does not divide into 2 ranks x --grad-accum 3 = 6 "
                                           r"micro-batches; use a batch size that is a multiple of 6 \(e.g. 12\)"):
         check_batch(10, 2, 3)
+
+
+def test_failed_collectives_become_one_line_and_other_errors_pass_through():
+    from sparseformer.distributed import DistContext, PeerLost
+    from sparseformer.distributed.context import failure_reason
+    ctx = DistContext("ddp", torch.device("cpu"), rank=1, world_size=4)
+    gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                        "[127.0.0.1]:4498. This is typically caused by a remote worker crashing. GLHF!")
+    assert failure_reason(gloo) == "Connection closed by peer [127.0.0.1]:4498"
+    lost = ctx.lost_contact(gloo)
+    assert isinstance(lost, PeerLost) and str(lost) == ("rank 1 of 4 lost contact with another rank (Connection "
+                                                        "closed by peer [127.0.0.1]:4498)")
+    for bug in ("mat1 and mat2 shapes cannot be multiplied",
+                "ProcessGroupGloo::allgather: invalid tensor size at index 0 (expected (1280), got (1, 1280))"):
+        assert ctx.lost_contact(RuntimeError(bug)) is None                  # a bug stays a bug
+    assert DistContext("single", torch.device("cpu")).lost_contact(gloo) is None
+    with pytest.raises(PeerLost, match="while summing the loss"):
+        with ctx.collective("summing the loss"):
+            raise gloo
