@@ -195,7 +195,13 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
     last_good = start
     t0, tokens_since = time.perf_counter(), 0
     stop = _StopFlag(echo_s=LAUNCHER_ECHO_S if ctx.launched else 0.0, announce=ctx.is_main)
-    stopping = False
+    agreed = False
+
+    def stopping() -> bool:
+        """Ranks stop after the step whose all-reduce carried a request (so all after the same step); one
+        process heeds a Ctrl-C at once (during its optimizer step, validation or a checkpoint write)."""
+        return agreed if ctx.distributed else stop.requested
+
     step = start
     try:
         for step in range(start, end):
@@ -205,13 +211,11 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
                 group["lr"] = lr
             x, y = dataset.get_batch("train", tc.batch_size, tc.seq_len, step, tc.seed)
             micro = micro_batches(x, y, ctx.rank, ctx.world_size, grad_accum)
-            loss_value, stopping = train_step(wrapped, optimizer, micro, ctx, autocast, lambda: stop.requested)
+            loss_value, agreed = train_step(wrapped, optimizer, micro, ctx, autocast, lambda: stop.requested)
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(f"loss became {loss_value} at step {step + 1}; the last good checkpoint "
                                        f"(step {last_good}) is kept in {out}; lower train.lr and --resume or "
                                        f"retrain with --force")
-            if not ctx.distributed:
-                stopping = stop.requested         # one process: also a Ctrl-C during the optimizer step
             last_loss = loss_value
             tokens_since += x.numel()
             done = step + 1
@@ -232,12 +236,12 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss_value:.3f}", density=f"{row['density']:.3g}", lr=f"{lr:.2e}",
                                     tok_s=f"{row['tokens_per_s']:.0f}" if row["tokens_per_s"] else "-")
-            if done % tc.ckpt_every == 0 or done == total or done == end or stopping:
+            if done % tc.ckpt_every == 0 or done == total or done == end or stopping():
                 _save(out, ctx, wrapped, optimizer, done, ks, finished=(done == total))
                 last_good = done
             if bar is not None:
                 bar.update(1)
-            if stopping and last_good == done:      # (one between the two checks stops after the next step)
+            if stopping() and last_good == done:    # (one between the two checks stops after the next step)
                 if ctx.is_main:
                     log.warning("interrupted: checkpoint at step %d saved in %s; continue with --resume",
                                 last_good, out)
@@ -253,7 +257,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
         if bar is not None:
             bar.close()
     return TrainResult(run_dir=out, step=last_good, final_loss=last_loss, val_loss=val_loss,
-                       interrupted=stopping and last_good < total, history=history)
+                       interrupted=stopping() and last_good < total, history=history)
 
 
 LAUNCHER_ECHO_S = 2.0   # torchrun forwards the signal it receives: in a terminal a rank sees Ctrl-C twice
