@@ -10,8 +10,6 @@ the global gradient norm: one float64 all-reduce of the summed squared norms of 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -87,23 +85,27 @@ class ShardedSparseAdamW(SparseAdamW):
         stats = kernels.sparse_adamw_step_(items, grad_rms_norm=self.grad_rms_norm, backend=self.backend,
                                            state=self._topk_state, comm=self.comm, grad_scale=scale)
         stats = stats if stats is not None else CommStats()
-        stats.calls.insert(0, ("all_reduce", "gradient norm", 8))
+        stats.calls.insert(0, ("all_reduce", "gradient norm", 16))
         self.last_comm = stats
 
-    def _global_grad_scale(self, items: list[AdamWTensor]) -> float:
-        """1 / (rms + 1e-5) of the whole gradient (all ranks' rows of every tensor), the same on every rank.
-
-        Each rank sums the squares of its per-tensor float32 norms in float64; one all-reduce adds the ranks'
-        sums. The result differs from one process's scale (kernels/adamw/reference.py, one norm per whole
-        tensor) only in rounding."""
-        dev = self.ctx.comm_device
-        numel = sum(math.prod(it.global_shape) for it in items)
-        grads = [it.grad if it.grad.dtype == torch.float32 else it.grad.float() for it in items]
-        sq = torch.stack(torch._foreach_norm(grads)).double().pow(2).sum() if grads else torch.zeros((), dtype=torch.float64)
-        sq = sq.reshape(1).to(dev)
+    def _global_grad_scale(self, items: list[AdamWTensor]) -> Tensor:
+        """1 / (rms + 1e-5) of the whole gradient (all ranks' rows of every tensor), the same on every rank
+        (a 0-d float32 tensor): one float64 all-reduce adds the ranks' `_rms_terms`. The result differs
+        from one process's scale (kernels/adamw/reference.py, one norm per whole tensor) only in rounding."""
+        terms = self._rms_terms(items)
         with self.ctx.collective("summing the gradient norm"):
-            torch.distributed.all_reduce(sq)
-        return float((1.0 / (torch.sqrt(sq[0] / max(numel, 1)) + GRAD_RMS_EPS)).float())
+            torch.distributed.all_reduce(terms)
+        return (1.0 / (torch.sqrt(terms[0] / terms[1].clamp(min=1)) + GRAD_RMS_EPS)).float()
+
+    def _rms_terms(self, items: list[AdamWTensor]) -> Tensor:
+        """This rank's [sum of squared gradient entries, number of entries] (float64, on the collectives'
+        device): the squares of its per-tensor float32 norms, summed in float64."""
+        terms = torch.zeros(2, dtype=torch.float64, device=self.ctx.comm_device)
+        if items:
+            grads = [it.grad if it.grad.dtype == torch.float32 else it.grad.float() for it in items]
+            terms[0] = torch.stack(torch._foreach_norm(grads)).double().pow(2).sum().to(terms.device)
+            terms[1] = float(sum(g.numel() for g in grads))
+        return terms
 
     @staticmethod
     def place_state(p, whole: Tensor) -> Tensor:
