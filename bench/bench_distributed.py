@@ -49,7 +49,7 @@ from bench_spmm import write_results  # noqa: E402
 from common import device_line, env_header, fmt, md_table  # noqa: E402
 
 log = logging.getLogger("bench_distributed")
-MB = 1 << 20
+MB = 1 << 20            # the *_mb columns are MiB
 MODELS = {   # name -> config overrides of the tiny preset
     "tiny": [],
     "wide": ["model.d_model=512", "model.n_head=32", "model.d_mlp=2048"],
