@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,16 @@ def _remove_stale(run_dir: Path, keep: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def optimizer_tensors(states: dict[str, dict[str, Any]]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of optim.safetensors from {parameter name: {"step", "exp_avg", "exp_avg_sq"}}."""
+    tensors, steps = {}, {}
+    for name, st in states.items():
+        tensors[f"{name}.exp_avg"] = st["exp_avg"]
+        tensors[f"{name}.exp_avg_sq"] = st["exp_avg_sq"]
+        steps[name] = int(st["step"])
+    return tensors, {"steps": json.dumps(steps)}
+
+
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, step: int, ks: dict[str, int],
                     finished: bool, extra: dict[str, Any] | None = None) -> Path:
     """Save model, optimizer moments (when `optimizer` is given) and state as one checkpoint set; see
@@ -151,13 +162,8 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, step: int,
     optim_tensors = optim_meta = None
     if optimizer is not None:
         names = {p: n for n, p in model.named_parameters()}
-        optim_tensors, steps = {}, {}
-        for p, st in optimizer.state.items():
-            if p in names and st:
-                optim_tensors[f"{names[p]}.exp_avg"] = st["exp_avg"]
-                optim_tensors[f"{names[p]}.exp_avg_sq"] = st["exp_avg_sq"]
-                steps[names[p]] = int(st["step"])
-        optim_meta = {"steps": json.dumps(steps)}
+        optim_tensors, optim_meta = optimizer_tensors({names[p]: st for p, st in optimizer.state.items()
+                                                       if p in names and st})
     state = {"ks": ks, "finished": finished, **(extra or {})}
     return write_checkpoint(run_dir, step, model.state_dict(), state, optim_tensors, optim_meta)
 
@@ -211,8 +217,12 @@ def load_model_weights(run_dir: Path, model: torch.nn.Module, expect_step: int |
     return step
 
 
-def load_optimizer_state(run_dir: Path, model: torch.nn.Module, optimizer, expect_step: int) -> None:
-    """Load the current optim.safetensors into `optimizer` (its moments must be at `expect_step`)."""
+def load_optimizer_state(run_dir: Path, model: torch.nn.Module, optimizer, expect_step: int,
+                         place: Callable[[torch.nn.Parameter, torch.Tensor], torch.Tensor] | None = None) -> None:
+    """Load the current optim.safetensors into `optimizer` (its moments must be at `expect_step`).
+    `place(p, whole)` turns a whole CPU moment of parameter p into what the optimizer holds (default: the
+    tensor on p's device and dtype; a sharded run keeps its rows)."""
+    place = place or (lambda p, whole: whole.to(p.device, p.dtype))
     path = checkpoint_file(run_dir, OPTIM_FILE)
     tensors, meta = load_tensors(path)
     if _step_of(path, meta) != expect_step:
@@ -224,8 +234,8 @@ def load_optimizer_state(run_dir: Path, model: torch.nn.Module, optimizer, expec
             if name in steps:
                 optimizer.state[p] = {
                     "step": int(steps[name]),
-                    "exp_avg": tensors[f"{name}.exp_avg"].to(p.device, p.dtype),
-                    "exp_avg_sq": tensors[f"{name}.exp_avg_sq"].to(p.device, p.dtype),
+                    "exp_avg": place(p, tensors[f"{name}.exp_avg"]),
+                    "exp_avg_sq": place(p, tensors[f"{name}.exp_avg_sq"]),
                 }
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is corrupt ({type(e).__name__}: {e}); restore it or retrain") from None

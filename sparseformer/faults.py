@@ -5,7 +5,8 @@ SPARSEFORMER_FAULT="ACTION@POINT[#N]" makes the process fail at the N-th time (d
   file's bytes are in its temp name and it is not renamed into place yet; "step": inside a training step,
   between backward and the optimizer step; "val": between two validation batches; "switch": a checkpoint
   has just become the current one and the previous one is not removed yet.
-- ACTION: "sigint" (the process sends itself SIGINT, as Ctrl-C does), "kill" (SIGKILL: it dies on the spot),
+- ACTION: "sigint" (the process sends itself SIGINT, as Ctrl-C does), "sigterm" (SIGTERM, as a job scheduler
+  or torchrun sends), "kill" (SIGKILL: it dies on the spot),
   "truncate-kill" (file points: the temp file is cut to half its size, then SIGKILL, which is what dying
   in the middle of the write leaves), "enospc" (the OSError a full disk raises).
 Without the variable (the normal case) a point costs one environment lookup.
@@ -19,7 +20,7 @@ import signal
 from pathlib import Path
 
 ENV = "SPARSEFORMER_FAULT"
-ACTIONS = ("sigint", "kill", "truncate-kill", "enospc")
+ACTIONS = ("sigint", "sigterm", "kill", "truncate-kill", "enospc")
 
 _seen: dict[str, int] = {}
 _spec_seen: str | None = None
@@ -48,8 +49,8 @@ def point(name: str, path: str | Path | None = None) -> None:
     _seen[name] = _seen.get(name, 0) + 1
     if _seen[name] != nth:
         return
-    if action == "sigint":
-        os.kill(os.getpid(), signal.SIGINT)
+    if action in ("sigint", "sigterm"):
+        os.kill(os.getpid(), signal.SIGINT if action == "sigint" else signal.SIGTERM)
     elif action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path or name))
     else:

@@ -23,14 +23,20 @@ from ..errors import ConfigError
 @click.option("--dense", is_flag=True, help="Train the same architecture without weight sparsity (the baseline).")
 @click.option("--deterministic", is_flag=True,
               help="CUDA: deterministic algorithms only (slower; the CPU step is always deterministic).")
+@click.option("--dist", "dist", type=click.Choice(["ddp", "fsdp"]), default=None,
+              help="Under torchrun: DDP replicas (the default there) or FSDP2 shards.")
+@click.option("--grad-accum", type=int, default=1, show_default=True,
+              help="Micro-batches per rank and step (the global batch stays train.batch_size).")
+@click.option("--dist-backend", type=click.Choice(["nccl", "gloo"]), default=None,
+              help="torch.distributed backend (default: nccl on CUDA, gloo on the CPU).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Replace a run that already exists in --out.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Override any config field, e.g. --set train.lr=3e-3 (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def train(preset, data, out, steps, seed, device, density, dense, deterministic, resume, force, overrides, quiet,
-          as_json):
+def train(preset, data, out, steps, seed, device, density, dense, deterministic, dist, grad_accum, dist_backend,
+          resume, force, overrides, quiet, as_json):
     """Train a weight-sparse GPT (or resume one)."""
     from ..train import train as run_training
     cfg = get_preset(preset)
@@ -52,7 +58,10 @@ def train(preset, data, out, steps, seed, device, density, dense, deterministic,
     if deterministic:
         extra.append("train.deterministic=true")
     cfg = apply_overrides(cfg, extra)
-    result = run_training(cfg, out, resume=resume, force=force, progress=not (quiet or as_json))
+    result = run_training(cfg, out, resume=resume, force=force, progress=not (quiet or as_json), dist=dist,
+                          grad_accum=grad_accum, dist_backend=dist_backend)
+    if not _is_main_rank():
+        return
     summary = {"run": str(result.run_dir), "step": result.step, "loss": result.final_loss,
                "val_loss": result.val_loss, "interrupted": result.interrupted}
     if as_json:
@@ -61,6 +70,12 @@ def train(preset, data, out, steps, seed, device, density, dense, deterministic,
         vl = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
         click.echo(f"run {result.run_dir}: step {result.step}, val_loss {vl}"
                    + (" (interrupted; --resume continues)" if result.interrupted else ""))
+
+
+def _is_main_rank() -> bool:
+    """Whether this process prints the result: rank 0 of a distributed run, or a single process."""
+    import os
+    return os.environ.get("RANK", "0") == "0"
 
 
 def run_info(run_dir: Path) -> dict:

@@ -51,19 +51,30 @@ class SparseAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._step(self._items())
+        return loss
+
+    def _step(self, items: list[AdamWTensor]) -> None:
+        """The arithmetic of one step over `items` (sparseformer.kernels.sparse_adamw_step_)."""
+        kernels.sparse_adamw_step_(items, grad_rms_norm=self.grad_rms_norm, backend=self.backend,
+                                   state=self._topk_state)
+
+    def _items(self) -> list[AdamWTensor]:
+        """One AdamWTensor per parameter with a gradient, its moments created on first use."""
         items: list[AdamWTensor] = []
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
+                param, grad, where = self._local(p)
+                if grad.is_sparse:
                     raise ValueError("SparseAdamW does not take sparse gradients; use dense .grad tensors")
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["step"] += 1
                 k, protect = group["k"], group["protect"]
                 if k is None:
@@ -73,13 +84,16 @@ class SparseAdamW(torch.optim.Optimizer):
                 name = group["name"] or "params"
                 name = name if len(group["params"]) == 1 else f"{name}[{i}]"      # for error messages
                 if k is not None:
-                    kernels.protect_view(p, protect)            # validates the axis early
+                    kernels.protect_view(param, protect)        # validates the axis early
                 items.append(AdamWTensor(
-                    param=p.data, grad=p.grad, exp_avg=state["exp_avg"], exp_avg_sq=state["exp_avg_sq"],
+                    param=param, grad=grad, exp_avg=state["exp_avg"], exp_avg_sq=state["exp_avg_sq"],
                     step=int(state["step"]), lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
                     eps=float(group["eps"]), weight_decay=float(group["weight_decay"] or 0.0),
-                    k=None if k is None else int(k), protect=protect, name=name))
-        kernels.sparse_adamw_step_(items, grad_rms_norm=self.grad_rms_norm, backend=self.backend,
-                                   state=self._topk_state)
-        return loss
+                    k=None if k is None else int(k), protect=protect, name=name, **where))
+        return items
 
+    def _local(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The tensors this process steps for parameter `p` (its data and gradient), and where they sit
+        in the whole tensor (AdamWTensor's global_shape and row_offset; none here: the whole of it).
+        sparseformer.distributed overrides it for parameters sharded across ranks."""
+        return p.data, p.grad, {}
