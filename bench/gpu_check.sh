@@ -117,7 +117,7 @@ if [ "$HAS_GPU" = "1" ]; then
   # $GPU_CHECK_WORK with the bench contract; its tables then appear in the report.
   export GPU_CHECK_WORK=$WORK
   # HOOK 1, distributed smoke test (torchrun on the one GPU), at most 30 s:
-  HOOK_DISTRIBUTED=${HOOK_DISTRIBUTED:-}
+  HOOK_DISTRIBUTED=${HOOK_DISTRIBUTED:-$PY bench/bench_distributed.py --out $WORK --name bench_distributed --gpu-timeout 28}
   # HOOK 2, the support-dW training step, at most 30 s:
   HOOK_SUPPORT_DW=${HOOK_SUPPORT_DW:-}
   [ -n "$HOOK_DISTRIBUTED" ] && step hook_distributed "$(cap 30)" bash -c "$HOOK_DISTRIBUTED"
@@ -125,7 +125,7 @@ if [ "$HAS_GPU" = "1" ]; then
 
   # ---------------------------------------------------------------- every other bench/bench_*.py
   # (e.g. bench_deterministic), CAP_<name> seconds each (default 45), keeping about 90 s for the tests
-  GOAL_BENCHES=" bench_abstopk profile_step bench_spmm bench_topk bench_train_step "
+  GOAL_BENCHES=" bench_abstopk profile_step bench_spmm bench_topk bench_train_step bench_distributed "
   for b in $(ls bench/bench_*.py | xargs -n1 basename | sed 's/\.py$//'); do
     case "$GOAL_BENCHES" in *" $b "*) continue ;; esac
     [ "$(left)" -lt 120 ] && { say "$b: skipped (budget kept for the tests)"; continue; }
