@@ -137,7 +137,9 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
     try:
         cfg = ctx.on_main(lambda: _prepare_out(cfg, out, resume, force))
         with deterministic_mode(cfg.train.deterministic):
-            return _train(cfg, out, resume, progress, max_steps, ctx, grad_accum)
+            result = _train(cfg, out, resume, progress, max_steps, ctx, grad_accum)
+        ctx.barrier()        # no rank tears the group down while another still talks to it
+        return result
     finally:
         ctx.close()
 
