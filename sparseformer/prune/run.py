@@ -124,7 +124,7 @@ def run_faithfulness(run, doc: dict, *, controls: Sequence[str] = CONTROLS, n_ra
 
 def prune_targets(run, task_name: str, targets: Sequence[float], *, settings: SearchSettings | None = None,
                   trials: int = 1, n_train: int = 512, n_test: int = 64, mean_tokens: int = 32768,
-                  ablation: str = "mean", calibrate: bool = False, seed: int = 0,
+                  ablation: str = "mean", calibrate: bool = False, seed: int = 0, clean: bool = True,
                   progress: bool = False) -> MultiSearch:
     """Prune a run's model for one task at several target losses (one mask training per trial; no
     validation or snippets); see find_circuits. Raises TaskError when the task cannot be posed."""
@@ -133,4 +133,4 @@ def prune_targets(run, task_name: str, targets: Sequence[float], *, settings: Se
     means = run_means(run, n_tokens=mean_tokens) if ablation == "mean" else None
     with frozen_params(run.model):
         return find_circuits(run.model, train, test, means, targets=targets, trials=trials, settings=settings,
-                             seed=seed, calibrate_logits=calibrate, progress=progress)
+                             seed=seed, calibrate_logits=calibrate, progress=progress, clean=clean)
