@@ -139,3 +139,13 @@ def test_faithfulness_command_adds_its_table_to_the_circuit_and_viewer(run_dir):
     assert json.loads(data)["faithfulness"]["controls"] == report["controls"]
     text = invoke("faithfulness", run_dir, "--task", "for_while", "--controls", "attention", "--random-draws", "2")
     assert text.exit_code == 0 and "attention  n/a" in text.output
+
+
+def test_prune_with_faithfulness_prints_one_line_per_control(run_dir):
+    res = invoke("prune", run_dir, "--task", "var_if", "--target-loss", "5", "--steps", "2", "--train-pairs", "8",
+                 "--eval-pairs", "8", "--faithfulness", "--quiet")
+    assert res.exit_code == 0, res.output
+    for name in ("sufficiency", "necessity", "ablation", "norms", "nonsense", "random_init", "attention"):
+        assert re.search(rf"^  {name} +(pass|fail|n/a) +\S", res.output, re.M), res.output
+    doc = json.loads((run_dir / "circuits" / "var_if.json").read_text())
+    assert len(doc["faithfulness"]["controls"]) == 7 and doc["before_cleaning"] is not None
