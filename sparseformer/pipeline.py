@@ -64,10 +64,12 @@ def prune_with_fallback(run, task: str, rows: list[dict], progress: bool):
 
 def circuit_summary(result) -> dict:
     """The headline numbers of a CircuitResult."""
+    b = result.before_cleaning
     return {"task": result.task, "target_loss": result.target_loss, "full_loss": result.full_loss,
             "loss": result.loss, "necessity_loss": result.necessity_loss, "random_loss": result.random_loss,
             "nodes": result.nodes, "edges": result.edges, "bias_edges": result.bias_edges,
-            "sufficient": result.sufficient}
+            "sufficient": result.sufficient,
+            "before_cleaning": None if b is None else {k: b[k] for k in ("nodes", "edges", "loss", "evals", "seconds")}}
 
 
 def run_pipeline(cfg: RunConfig, out: str | Path, *, task: str = "single_double_quote", eval_pairs: int = 256,

@@ -22,6 +22,10 @@ import click
               help="Divide by the unpruned model's RMSNorm scales (stops norm-scale cheating).")
 @click.option("--calibrate/--no-calibrate", default=False, show_default=True,
               help="Fit a logit scale and shift (16 LBFGS steps) for every circuit tried.")
+@click.option("--clean/--no-clean", default=True, show_default=True,
+              help="After bisection, drop nodes while the loss stays at the target, until every node is needed.")
+@click.option("--faithfulness", "with_faithfulness", is_flag=True,
+              help="Also run the faithfulness controls (see `sparseformer faithfulness`).")
 @click.option("--train-pairs", type=int, default=512, show_default=True, help="Pairs for mask optimisation.")
 @click.option("--eval-pairs", type=int, default=64, show_default=True,
               help="Held-out pairs for bisection and every reported loss.")
@@ -29,8 +33,8 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def prune(run_dir, task, target_loss, ablation, trials, steps, freeze_norms, calibrate, train_pairs, eval_pairs,
-          seed, device, quiet, as_json):
+def prune(run_dir, task, target_loss, ablation, trials, steps, freeze_norms, calibrate, clean, with_faithfulness,
+          train_pairs, eval_pairs, seed, device, quiet, as_json):
     """Find the smallest circuit of RUN's model that solves a task, validate it, and write its viewer."""
     from ..checkpoint import load_run
     from ..errors import PruneError
@@ -42,21 +46,81 @@ def prune(run_dir, task, target_loss, ablation, trials, steps, freeze_norms, cal
     run = load_run(run_dir, device=device)
     result = prune_task(run, task, target_loss=target_loss, ablation=ablation, trials=trials, steps=steps,
                         seed=seed, freeze_norms=freeze_norms, calibrate=calibrate,
-                        progress=not (quiet or as_json), n_train=train_pairs, n_test=eval_pairs)
+                        progress=not (quiet or as_json), n_train=train_pairs, n_test=eval_pairs, clean=clean,
+                        faithfulness=with_faithfulness)
     json_path, html_path = write_outputs(run_dir, result)
     summary = {"task": result.task, "target_loss": result.target_loss, "full_loss": result.full_loss,
                "loss": result.loss, "sufficient": result.sufficient, "necessity_loss": result.necessity_loss,
                "random_loss": result.random_loss, "ablated_loss": result.ablated_loss, "nodes": result.nodes,
                "edges": result.edges, "bias_edges": result.bias_edges, "circuit": str(json_path),
-               "viewer": str(html_path)}
+               "viewer": str(html_path), "before_cleaning": _before(result.before_cleaning),
+               "faithfulness": result.faithfulness}
     if as_json:
         click.echo(json.dumps(summary))
         return
+    b = result.before_cleaning
+    if b is not None:
+        click.echo(f"{result.task}: bisection kept {b['nodes']} nodes, {b['edges']} edges at loss {b['loss']:.4f}; "
+                   f"cleaning ({b['evals']} evaluations, {b['seconds']:.0f} s) left:")
     click.echo(f"{result.task}: {result.nodes} nodes, {result.edges} edges (+{result.bias_edges} bias) at loss "
                f"{result.loss:.4f} (target {result.target_loss:g}, full model {result.full_loss:.4f})")
     click.echo(f"  necessity (circuit ablated) {result.necessity_loss:.4f}, random circuit of the same size "
                f"{result.random_loss:.4f}, everything ablated {result.ablated_loss:.4f}")
+    if result.faithfulness is not None:
+        _print_faithfulness(result.faithfulness)
     click.echo(f"  circuit: {json_path}")
+    click.echo(f"  viewer:  {html_path}")
+
+
+def _before(b: dict | None) -> dict | None:
+    return None if b is None else {k: b[k] for k in ("nodes", "edges", "loss", "evals", "passes", "seconds")}
+
+
+def _print_faithfulness(report: dict) -> None:
+    width = max(len(c["name"]) for c in report["controls"])
+    for c in report["controls"]:
+        click.echo(f"  {c['name']:{width}s}  {c['status']:4s}  {c['verdict']}")
+    click.echo(f"  (faithfulness controls took {report['seconds']['total']:.0f} s)")
+
+
+@click.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--task", "task", required=True, help="The task whose circuit (RUN/circuits/TASK.json) to check.")
+@click.option("--controls", default="all", show_default=True,
+              help="Comma-separated controls to run (sufficiency, necessity, ...; docs/pruning.md lists them).")
+@click.option("--random-draws", type=int, default=5, show_default=True,
+              help="Random circuits per random control (mean and spread).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def faithfulness(run_dir, task, controls, random_draws, device, quiet, as_json):
+    """How far to trust the circuit of a task: one line per control; the table is added to the viewer."""
+    from ..checkpoint import load_run
+    from ..errors import PruneError
+    from ..prune import CONTROLS, read_circuit, run_faithfulness, write_outputs
+    from ..prune.outputs import circuit_paths
+    json_path, _ = circuit_paths(run_dir, task)
+    if not json_path.is_file():
+        raise PruneError(f"no circuit for task {task!r} in {run_dir}; run `sparseformer prune {run_dir} --task {task}` "
+                         f"first (or prune with --faithfulness)")
+    names = CONTROLS if controls == "all" else [c.strip() for c in controls.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONTROLS]
+    if unknown:
+        raise PruneError(f"--controls: unknown control {unknown[0]!r}; choose from {', '.join(CONTROLS)}")
+    if random_draws < 2:
+        raise PruneError(f"--random-draws {random_draws}: need at least 2 for a spread")
+    doc = read_circuit(json_path)
+    run = load_run(run_dir, device=device)
+    report = run_faithfulness(run, doc, controls=names, n_random=random_draws, progress=not (quiet or as_json))
+    doc["faithfulness"] = report
+    json_path, html_path = write_outputs(run_dir, doc)
+    if as_json:
+        click.echo(json.dumps({"task": task, **report, "circuit_file": str(json_path), "viewer": str(html_path)}))
+        return
+    c = report["circuit"]
+    click.echo(f"{task}: {c['nodes']} nodes, {c['edges']} edges at loss {c['loss']:.4f} (target "
+               f"{report['target_loss']:g}, full model {report['full_loss']:.4f})")
+    _print_faithfulness(report)
     click.echo(f"  viewer:  {html_path}")
 
 
@@ -97,3 +161,4 @@ def circuits(run_dir, tasks, as_json):
 def register(group: click.Group) -> None:
     group.add_command(prune)
     group.add_command(circuits)
+    group.add_command(faithfulness)

@@ -37,6 +37,10 @@ def quickstart(out, steps, task, eval_pairs, device, force, quiet, as_json):
     c = s["circuit"]
     if s["circuit_note"]:
         click.echo(f"note: {s['circuit_note']}")
+    b = c["before_cleaning"]
+    if b is not None:
+        click.echo(f"bisection kept {b['nodes']} nodes, {b['edges']} edges at loss {b['loss']:.4f}; cleaning "
+                   f"({b['evals']} evaluations, {b['seconds']:.0f} s) removed every node the target does not need:")
     verdict = "reaches" if c["sufficient"] else "does NOT reach"
     click.echo(f"circuit for {c['task']}: {c['nodes']} nodes, {c['edges']} edges; loss {c['loss']:.4f} "
                f"({verdict} the target {c['target_loss']}; full model {c['full_loss']:.4f}); "

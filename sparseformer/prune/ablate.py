@@ -16,7 +16,7 @@ before ln_f and lm_head run (they act per position); this skips the unembedding 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -104,17 +104,21 @@ class Ablator:
 
     means: site -> [width] ablation values (zeros for zero ablation). A keep dict maps each site to a
     [width] keep vector (0/1 floats, or a differentiable surrogate); keep=None runs the unpruned model.
+    `values`, when given, replaces the means with per-row values: fn(batch) -> site -> [2P, T, width]
+    (resample ablation, see faithfulness.py).
     """
 
     def __init__(self, model: nn.Module, means: dict[str, Tensor], *, freeze_norms: bool = False,
-                 eval_pairs: int = 128):
+                 eval_pairs: int = 128, values: Callable[[TaskBatch], dict[str, Tensor]] | None = None):
         self.model = model
         self.device = next(model.parameters()).device
         self.means = {s: m.to(self.device, torch.float32) for s, m in means.items()}
         self.freeze_norms = freeze_norms
         self.eval_pairs = eval_pairs
+        self.values = values
 
-    def _forward_last(self, batch: TaskBatch, hooks: dict[str, HookFn]) -> Tensor:
+    def _forward_last(self, batch: TaskBatch, hooks: dict[str, HookFn],
+                      watch: dict[str, Tensor] | None = None) -> Tensor:
         rows = torch.arange(batch.idx.shape[0], device=self.device)
         masked_final = hooks.get(FINAL)
 
@@ -122,22 +126,35 @@ class Ablator:
             x = x[rows, batch.last].unsqueeze(1)                   # [2P, 1, d_model]
             return x if masked_final is None else masked_final(x, name)
 
-        with replace(self.model, {**hooks, FINAL: final}):
+        hooks = {**hooks, FINAL: final}
+        for name in list(watch or ()):                             # record what flows on, after the mask
+            hooks[name] = _watching(hooks.get(name), watch, name)
+        with replace(self.model, hooks):
             out = self.model(batch.idx)                            # [2P, 1, V] ([2P, T, V] with a bigram table)
         return out[:, 0] if out.shape[1] == 1 else out[rows, batch.last]
 
-    def logits(self, batch: TaskBatch, keep: dict[str, Tensor] | None) -> Tensor:
-        """Last-position logits [2P, V] with the nodes of `keep` kept and the rest ablated."""
+    def _hooks(self, batch: TaskBatch, keep: dict[str, Tensor]) -> dict[str, HookFn]:
+        if self.values is None:
+            return {s: mask_hook(k.to(self.device), self.means[s]) for s, k in keep.items()}
+        values = self.values(batch)
+        rows = torch.arange(batch.idx.shape[0], device=self.device)
+        values[FINAL] = values[FINAL][rows, batch.last].unsqueeze(1)   # final_resid is masked at the last position
+        return {s: mask_hook(k.to(self.device), values[s]) for s, k in keep.items()}
+
+    def logits(self, batch: TaskBatch, keep: dict[str, Tensor] | None,
+               watch: dict[str, Tensor] | None = None) -> Tensor:
+        """Last-position logits [2P, V] with the nodes of `keep` kept and the rest ablated. The activations
+        (after masking) at the hook names that key `watch` are stored into it."""
         batch = batch.to(self.device)
         if keep is None:
-            return self._forward_last(batch, {})
-        hooks = {s: mask_hook(k.to(self.device), self.means[s]) for s, k in keep.items()}
+            return self._forward_last(batch, {}, watch)
+        hooks = self._hooks(batch, keep)
         if not self.freeze_norms:
-            return self._forward_last(batch, hooks)
+            return self._forward_last(batch, hooks, watch)
         with torch.no_grad(), recorded_norm_scales(self.model) as scales:
             self._forward_last(batch, {})
         with frozen_norm_scales(self.model, scales):
-            return self._forward_last(batch, hooks)
+            return self._forward_last(batch, hooks, watch)
 
     def loss(self, batch: TaskBatch, keep: dict[str, Tensor] | None, scale=1.0, shift=0.0) -> Tensor:
         """Per-sequence contrast loss (differentiable in keep)."""
@@ -157,6 +174,14 @@ class Ablator:
     def eval_loss(self, batch: TaskBatch, keep: dict[str, Tensor] | None, scale=1.0, shift=0.0) -> float:
         z, b = self.eval_logits(batch, keep)
         return float(calibrated_loss(z, b, scale, shift))
+
+
+def _watching(fn: HookFn | None, store: dict[str, Tensor], name: str) -> HookFn:
+    def watch(x: Tensor, hook_name: str) -> Tensor | None:
+        out = fn(x, hook_name) if fn is not None else None
+        store[name] = (x if out is None else out).detach()
+        return out
+    return watch
 
 
 @contextmanager

@@ -35,11 +35,12 @@ def _finite(x):
 
 
 def write_outputs(run_dir: str | Path, result) -> tuple[Path, Path]:
-    """Write circuits/TASK.json and the self-contained viewer circuits/TASK.html (both atomically)."""
+    """Write circuits/TASK.json and the self-contained viewer circuits/TASK.html (both atomically), from a
+    CircuitResult or a circuit document (its dict)."""
     from ..report.viewer import render_viewer
-    json_path, html_path = circuit_paths(run_dir, result.task)
+    doc = _finite(result if isinstance(result, dict) else result.to_dict())
+    json_path, html_path = circuit_paths(run_dir, doc["task"])
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    doc = _finite(result.to_dict())
     atomic_write_text(json_path, json.dumps(doc, indent=1) + "\n")
     atomic_write_text(html_path, render_viewer(doc))
     return json_path, html_path

@@ -32,15 +32,26 @@ class Validation:
     node_losses: dict[str, float] = field(default_factory=dict)   # circuit minus one node (node_pairs pairs)
 
 
-def random_circuit(kept: dict[str, Sequence[int]], sites: dict[str, int], gen: torch.Generator) -> dict[str, list[int]]:
-    """Same number of nodes per site as `kept`, channels drawn uniformly."""
-    return {s: sorted(torch.randperm(sites[s], generator=gen)[:len(c)].tolist()) for s, c in kept.items() if c}
+def random_circuit(kept: dict[str, Sequence[int]], sites: dict[str, int], gen: torch.Generator, *,
+                   disjoint: bool = False) -> dict[str, list[int]]:
+    """Same number of nodes per site as `kept`, channels drawn uniformly (with `disjoint`, from the channels
+    `kept` does not hold, where a site has enough of them)."""
+    out = {}
+    for s, c in kept.items():
+        if not c:
+            continue
+        pool = torch.randperm(sites[s], generator=gen)
+        if disjoint and sites[s] - len(c) >= len(c):
+            pool = pool[~torch.isin(pool, torch.as_tensor(list(c)))]
+        out[s] = sorted(pool[:len(c)].tolist())
+    return out
 
 
 def validate(ablator: Ablator, sites: dict[str, int], kept: dict[str, Sequence[int]], batch: TaskBatch, *,
              scale: float = 1.0, shift: float = 0.0, n_random: int = 3, max_node_ablations: int = 64,
-             node_pairs: int = 16, seed: int = 0) -> Validation:
-    """Run all the checks above on `batch`."""
+             node_pairs: int = 16, seed: int = 0, node_losses: dict[str, float] | None = None) -> Validation:
+    """Run all the checks above on `batch`; `node_losses` (from the cleaning pass, on all of `batch`) are
+    taken as they are instead of being measured again."""
     keep_flat = flat_from_kept(kept, sites).float()
 
     def loss(flat: torch.Tensor, on: TaskBatch = batch) -> float:
@@ -50,9 +61,11 @@ def validate(ablator: Ablator, sites: dict[str, int], kept: dict[str, Sequence[i
 
     gen = torch.Generator().manual_seed(seed)
     randoms = [loss(flat_from_kept(random_circuit(kept, sites, gen), sites).float()) for _ in range(n_random)]
-    nodes: dict[str, float] = {}
+    nodes: dict[str, float] = dict(node_losses or {})
     ids = node_ids(kept, sites)
     for i, flat_idx in enumerate(keep_flat.nonzero()[:, 0].tolist()[:max_node_ablations]):
+        if ids[i] in nodes:
+            continue
         flat = keep_flat.clone()
         flat[flat_idx] = 0.0
         nodes[ids[i]] = loss(flat, few)

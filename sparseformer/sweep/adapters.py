@@ -39,7 +39,7 @@ def evaluate_tasks(run, tasks: Sequence[str], *, n: int, seed: int = 0) -> list[
 
 def prune_targets(run, task: str, targets: Sequence[float], *, steps: int, batch_pairs: int, train_pairs: int,
                   test_pairs: int, trials: int, mean_tokens: int, calibrate: bool, seed: int, lr: float,
-                  k_coef: float, progress: bool = False) -> dict:
+                  k_coef: float, clean: bool = False, progress: bool = False) -> dict:
     """Prune `run`'s model for `task` at each target loss (mean ablation).
 
     Returns {task, full_loss, n_nodes_total, seconds, targets: [...]} with one entry per target:
@@ -51,7 +51,7 @@ def prune_targets(run, task: str, targets: Sequence[float], *, steps: int, batch
     t0 = time.perf_counter()
     settings = SearchSettings(steps=steps, batch_pairs=batch_pairs, lr=lr, k_coef=k_coef)
     search = prune(run, task, targets, settings=settings, trials=trials, n_train=train_pairs, n_test=test_pairs,
-                   mean_tokens=mean_tokens, calibrate=calibrate, seed=seed, progress=progress)
+                   mean_tokens=mean_tokens, calibrate=calibrate, seed=seed, clean=clean, progress=progress)
     rows = [{"target": f.target, "status": "ok", "nodes": f.best.nodes, "edges": f.edges, "loss": f.best.loss,
              "trial": f.best_trial, "kept": f.best.kept} if f.best is not None
             else {"target": f.target, "status": "unreachable"} for f in search.targets]

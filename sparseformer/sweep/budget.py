@@ -3,8 +3,8 @@
 The L0 anneal and the learning-rate decay are laid out over a known number of steps (fractions of the run), so a
 minutes budget is converted to steps before training starts: a timing probe trains the model for
 `PROBE_STEPS` steps in a scratch directory, with weight sparsity on from the first step (the cost of most of
-a real run), and reads tokens per second from the probe's metrics, leaving out the first step (warm-up) and
-the last (it includes a validation pass). The step count is then
+a real run), and reads tokens per second from the probe's metrics: the median over its second half (the first steps run
+slow) without the last step (it includes a validation pass). The step count is then
 
     steps = floor(SAFETY * minutes * 60 * steps_per_s / (1 + eval_overhead))
 
@@ -25,7 +25,7 @@ from ..config import RunConfig
 
 log = logging.getLogger(__name__)
 
-PROBE_STEPS = 8
+PROBE_STEPS = 32
 SAFETY = 0.95
 MIN_STEPS = 20
 
@@ -48,8 +48,9 @@ def probe_steps_per_s(cfg: RunConfig, scratch: Path) -> float:
         result = train(probe.validate(), scratch, force=True, progress=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    rates = [row["tokens_per_s"] for row in result.history[1:-1] if row.get("tokens_per_s")]
-    if not rates:
+    rows = result.history[:-1]                                    # the last row includes a validation pass
+    rates = [row["tokens_per_s"] for row in rows[len(rows) // 2:] if row.get("tokens_per_s")]
+    if not rates:                                                 # the first steps run slow (allocation, warm-up)
         rates = [row["tokens_per_s"] for row in result.history if row.get("tokens_per_s")]
     tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
     return statistics.median(rates) / tokens_per_step

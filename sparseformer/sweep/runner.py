@@ -187,7 +187,7 @@ def _evaluate_and_prune(outcome: ModelOutcome, cfg: SweepConfig, tasks: list[str
     p = cfg.prune
     settings = {"steps": p.steps, "batch_pairs": p.batch_pairs, "train_pairs": p.train_pairs,
                 "test_pairs": p.test_pairs, "trials": p.trials, "mean_tokens": p.mean_tokens,
-                "calibrate": p.calibrate, "seed": p.seed, "lr": p.lr, "k_coef": p.k_coef}
+                "calibrate": p.calibrate, "clean": p.clean, "seed": p.seed, "lr": p.lr, "k_coef": p.k_coef}
     pkey = {"config": fp, "step": run.step, "targets": p.all_targets, **settings}
     for ev in outcome.evals:
         name = ev["task"]

@@ -12,7 +12,7 @@ A sweep file is TOML (Python >= 3.11) or JSON with these tables (every key but t
               (`set` holds config overrides for that model alone, nested like [base]: set.train.lr = 0.005)
     [tasks]   names (list, or "all"), eval_pairs
     [prune]   target_loss (headline), targets (list for the edges-vs-target curves), steps, batch_pairs,
-              train_pairs, test_pairs, trials, lr, k_coef, mean_tokens, calibrate, seed
+              train_pairs, test_pairs, trials, lr, k_coef, mean_tokens, calibrate, clean, seed
 
 Width follows the paper's scaling: d_model = base_d_model * width, d_mlp = mlp_ratio * d_model, n_head = d_model/d_head.
 Sparsity follows the paper's rule through `config.paper`: weights keep pfrac/width^2, embeddings and biases
@@ -81,6 +81,7 @@ class PruneSpec:
     k_coef: float = 1e-4          # weight of the kept-node count in the mask objective (Table 2 centre)
     mean_tokens: int = 32768      # pretraining tokens for the mean-ablation values
     calibrate: bool = False       # fit a logit scale + shift per circuit (docs/pruning.md)
+    clean: bool = False           # clean each bisected circuit (one evaluation per node per pass; docs/pruning.md)
     seed: int = 0
 
     def validate(self) -> None:

@@ -7,13 +7,16 @@ kind="binary": each side is a 2-way softmax over the two candidate logits (z[tok
     loss_A = -log softmax_2(z_A)[tok_a],  loss_B = -log softmax_2(z_B)[tok_b].
 kind="full_vocab": side A must predict tok_a over the whole vocabulary, side B must avoid it;
     loss_A = -log p_A(tok_a),  loss_B = -log(1 - p_B(tok_a)) = -log sum_{j != tok_a} p_B(j).
+kind="cross_entropy": each side must predict its own token over the whole vocabulary (the pruner's nonsense
+    control, docs/pruning.md); loss_A = -log p_A(tok_a),  loss_B = -log p_B(tok_b).
 
 Convention: losses are reported PER SEQUENCE, i.e. the mean over the 2N sequences
 = (sum over pairs of loss_A + loss_B) / (2N). The reference code sums the two sides of a pair, which is
 twice this number; a pruning target of 0.15 is read in our per-sequence units.
 
 Accuracy is the fraction of the 2N sequences whose correct class beats the other: binary, z_A[tok_a] >
-z_A[tok_b] and z_B[tok_b] > z_B[tok_a]; full_vocab, p_A(tok_a) > 1/2 and p_B(tok_a) < 1/2. Ties count
+z_A[tok_b] and z_B[tok_b] > z_B[tok_a]; full_vocab, p_A(tok_a) > 1/2 and p_B(tok_a) < 1/2; cross_entropy,
+p_A(tok_a) > 1/2 and p_B(tok_b) > 1/2. Ties count
 as wrong. (Equivalently, a sequence is right when its loss is below log 2.)
 """
 
@@ -26,9 +29,12 @@ from torch import Tensor
 from ..errors import TaskError
 
 
+LOSS_KINDS = ("binary", "full_vocab", "cross_entropy")
+
+
 def _check(logits_a: Tensor, logits_b: Tensor, tok_a: Tensor, tok_b: Tensor, kind: str) -> None:
-    if kind not in ("binary", "full_vocab"):
-        raise TaskError(f"kind={kind!r}; use 'binary' or 'full_vocab'")
+    if kind not in LOSS_KINDS:
+        raise TaskError(f"kind={kind!r}; use one of {', '.join(LOSS_KINDS)}")
     if logits_a.ndim != 2 or logits_a.shape != logits_b.shape:
         raise ValueError(f"contrast loss: want logits_a, logits_b of one shape [N, V], got "
                          f"{tuple(logits_a.shape)} and {tuple(logits_b.shape)}")
@@ -55,9 +61,12 @@ def contrast_losses(logits_a: Tensor, logits_b: Tensor, tok_a: Tensor, tok_b: Te
     if kind == "binary":
         loss_a = F.softplus(_pick(za, tok_b) - _pick(za, tok_a))  # -log sigmoid(z[tok_a] - z[tok_b])
         loss_b = F.softplus(_pick(zb, tok_a) - _pick(zb, tok_b))
-    else:
+    elif kind == "full_vocab":
         loss_a = za.logsumexp(dim=1) - _pick(za, tok_a)
         loss_b = zb.logsumexp(dim=1) - _logsumexp_without(zb, tok_a)
+    else:
+        loss_a = za.logsumexp(dim=1) - _pick(za, tok_a)
+        loss_b = zb.logsumexp(dim=1) - _pick(zb, tok_b)
     return torch.stack([loss_a, loss_b], dim=1)
 
 
@@ -75,9 +84,12 @@ def contrast_correct(logits_a: Tensor, logits_b: Tensor, tok_a: Tensor, tok_b: T
     if kind == "binary":
         right_a = _pick(za, tok_a) > _pick(za, tok_b)
         right_b = _pick(zb, tok_b) > _pick(zb, tok_a)
-    else:
+    elif kind == "full_vocab":
         right_a = _pick(za, tok_a) > _logsumexp_without(za, tok_a)
         right_b = _pick(zb, tok_a) < _logsumexp_without(zb, tok_a)
+    else:
+        right_a = _pick(za, tok_a) > _logsumexp_without(za, tok_a)
+        right_b = _pick(zb, tok_b) > _logsumexp_without(zb, tok_b)
     return torch.stack([right_a, right_b], dim=1)
 
 

@@ -117,3 +117,35 @@ def test_viewer_is_self_contained_and_escapes_the_data(planted, tmp_path):
     assert embedded.pop("layout") == viewer_layout()         # the sites as the model declares them
     assert embedded == json.loads(json_path.read_text())
     assert render_viewer(json.loads(json_path.read_text())) == page
+
+
+def test_faithfulness_command_adds_its_table_to_the_circuit_and_viewer(run_dir):
+    assert "no circuit for task 'with_as'" in one_error_line(invoke("faithfulness", run_dir, "--task", "with_as"))
+    res = invoke("prune", run_dir, "--task", "for_while", "--target-loss", "5", "--steps", "2",
+                 "--train-pairs", "8", "--eval-pairs", "8", "--json")
+    assert res.exit_code == 0, res.output
+    line = one_error_line(invoke("faithfulness", run_dir, "--task", "for_while", "--controls", "sufficiency,bogus"))
+    assert "unknown control 'bogus'" in line
+    res = invoke("faithfulness", run_dir, "--task", "for_while", "--controls", "sufficiency,ablation,nonsense",
+                 "--random-draws", "2", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert [c["name"] for c in report["controls"]] == ["sufficiency", "ablation", "nonsense"]
+    assert all(c["status"] in ("pass", "fail", "n/a") and c["verdict"] for c in report["controls"])
+    doc = json.loads((run_dir / "circuits" / "for_while.json").read_text())
+    assert doc["faithfulness"]["controls"] == report["controls"]
+    page = (run_dir / "circuits" / "for_while.html").read_text()
+    data = re.search(r'<script id="circuit-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+    assert json.loads(data)["faithfulness"]["controls"] == report["controls"]
+    text = invoke("faithfulness", run_dir, "--task", "for_while", "--controls", "attention", "--random-draws", "2")
+    assert text.exit_code == 0 and "attention  n/a" in text.output
+
+
+def test_prune_with_faithfulness_prints_one_line_per_control(run_dir):
+    res = invoke("prune", run_dir, "--task", "var_if", "--target-loss", "5", "--steps", "2", "--train-pairs", "8",
+                 "--eval-pairs", "8", "--faithfulness", "--quiet")
+    assert res.exit_code == 0, res.output
+    for name in ("sufficiency", "necessity", "ablation", "norms", "nonsense", "random_init", "attention"):
+        assert re.search(rf"^  {name} +(pass|fail|n/a) +\S", res.output, re.M), res.output
+    doc = json.loads((run_dir / "circuits" / "var_if.json").read_text())
+    assert len(doc["faithfulness"]["controls"]) == 7 and doc["before_cleaning"] is not None

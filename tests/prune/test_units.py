@@ -256,3 +256,17 @@ def test_mean_cache_is_keyed_by_step_and_tokens(tmp_path, monkeypatch):
     run_means(_FakeRun(tmp_path, model, 6), n_tokens=80)              # more tokens asked: recompute
     assert len(calls) == 3
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@given(threshold=st.integers(0, 60), n=st.integers(1, 60))
+def test_reach_nodes_finds_the_smallest_k_even_when_the_full_model_misses(threshold, n):
+    """A loss that dips under the target only for k in [threshold, n - 1] (the unpruned model misses it)."""
+    from sparseformer.prune.search import reach_nodes
+    threshold = min(threshold, n - 1)
+    loss_at = lambda k: (0.1 if threshold <= k < n else 1.0,)
+    k = reach_nodes(loss_at, n, 0.15)
+    probes = {0, n} | {2 ** i for i in range(n.bit_length()) if 2 ** i < n}
+    if any(threshold <= p < n for p in probes):
+        assert k == threshold
+    else:                                    # no probe lands in the window: the best probe comes back
+        assert loss_at(k)[0] == 1.0

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sparseformer.errors import TaskError
@@ -43,6 +43,7 @@ def test_binary_loss_is_two_way_cross_entropy_per_sequence(n, v, seed):
 
 
 @given(n=st.integers(1, 6), v=st.integers(2, 12), seed=st.integers(0, 10_000))
+@example(n=1, v=2, seed=9379)                       # p_B(tok) rounds to 1 in float32
 def test_full_vocab_loss(n, v, seed):
     za, zb = _logits(n, v, seed), _logits(n, v, seed + 1)
     ta = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(seed))
@@ -181,3 +182,18 @@ def test_evaluate_truncates_prompts_to_the_model_context(tokenizer):
     assert model.longest == 24 and row["n"] == 8
     cut = make_batch(get_task("else_elif"), tokenizer, n=8, max_len=24)
     assert row["loss"] == pytest.approx(evaluate_batch(CausalToy(vocab=tokenizer.vocab_size), cut)["loss"], rel=1e-6)
+
+
+def test_cross_entropy_kind_scores_each_side_by_its_own_token():
+    za, zb = torch.randn(3, 6), torch.randn(3, 6)
+    ta, tb = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    per = contrast_losses(za, zb, ta, tb, "cross_entropy")
+    expect_a = torch.nn.functional.cross_entropy(za, ta, reduction="none")
+    expect_b = torch.nn.functional.cross_entropy(zb, tb, reduction="none")
+    assert torch.allclose(per, torch.stack([expect_a, expect_b], 1), atol=1e-6)
+    sure = torch.full((3, 6), -9.0)
+    sure[torch.arange(3), ta] = 9.0
+    sure_b = torch.full((3, 6), -9.0)
+    sure_b[torch.arange(3), tb] = 9.0
+    assert contrast_correct(sure, sure_b, ta, tb, "cross_entropy").all()
+    assert not contrast_correct(sure_b, sure, ta, tb, "cross_entropy").any()
