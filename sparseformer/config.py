@@ -1,9 +1,9 @@
 """Configuration dataclasses, presets and typed overrides.
 
-`RunConfig` groups `ModelConfig` (SPEC §1), `SparsityConfig` (SPEC §2.1-2.2), `TrainConfig` (SPEC §2.3-2.5) and
-`DataConfig` (SPEC §3). Every field has a default; `validate()` raises ConfigError naming the field, the value
-and the fix. `to_dict`/`from_dict` round-trip through JSON (config.json in a run directory) and reject
-unknown keys.
+`RunConfig` groups `ModelConfig`, `SparsityConfig`, `TrainConfig` and `DataConfig`; docs/method.md explains
+each setting and where its default comes from. Every field has a default; `validate()` raises ConfigError
+naming the field, the value and the fix. `to_dict`/`from_dict` round-trip through JSON (config.json in a run
+directory) and reject unknown keys.
 """
 
 from __future__ import annotations
@@ -21,28 +21,28 @@ CONFIG_VERSION = 1
 
 # AbsTopK names (the official checkpoints' location types), in forward order; sites.py maps each to its site.
 AFRAC_SITES = ABSTOPK_NAMES
-SWEEP_SITES = ("attn_in", "attn_out", "mlp_in", "mlp_out", "mlp_neuron", "attn_v")  # the sweep1 models [C]
+SWEEP_SITES = ("attn_in", "attn_out", "mlp_in", "mlp_out", "mlp_neuron", "attn_v")  # the released sweep models'
 ACTIVATIONS = ("gelu", "relu")
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 2048          # tinypython_2k (SPEC §3.1)
-    n_layer: int = 8                # SPEC §1.8 base model
+    vocab_size: int = 2048          # the paper's tinypython_2k tokenizer size
+    n_layer: int = 8                # the paper's base model (docs/method.md, "Presets")
     d_model: int = 256              # 256 * width multiplier
     n_head: int = 16                # n_head * d_head = d_model in practice
-    d_head: int = 16                # SPEC §1.1: independent of d_model / n_head
+    d_head: int = 16                # its own setting, not d_model / n_head
     d_mlp: int = 1024               # 4 * d_model by default
-    block_size: int = 256           # max positions (training context is 256, SPEC §1.4)
+    block_size: int = 256           # max positions (the paper trains at context 256)
     activation: str = "gelu"        # "gelu" (exact erf) or "relu"
     bias: bool = True               # biases in every Linear except lm_head
     learned_pos_emb: bool = False   # added learned wpe (off in most experiments)
-    sink: bool = False              # per-head attention sink logit (SPEC §1.2)
-    bigram_table: bool = False      # dense vocab x vocab logit table (SPEC §1.3)
+    sink: bool = False              # per-head attention sink logit (docs/method.md, "Architecture")
+    bigram_table: bool = False      # dense vocab x vocab logit table
     learnable_bigram_table: bool = True
-    afrac: float = 1.0              # AbsTopK keep fraction; 1.0 = off (SPEC §1.5)
+    afrac: float = 1.0              # AbsTopK keep fraction; 1.0 = off (docs/method.md, "AbsTopK")
     afrac_sites: tuple = SWEEP_SITES
-    init_std: float = 0.02          # SPEC §1.7
+    init_std: float = 0.02          # std of the weight init (docs/method.md, "Initialisation")
     rms_norm_eps: float | None = None  # None = torch.nn.RMSNorm's default
 
     def validate(self) -> None:
@@ -76,15 +76,15 @@ class ModelConfig:
 @dataclass
 class SparsityConfig:
     dense: bool = False               # True: no weight sparsity at all (the dense baseline)
-    weight_density: float = 0.125     # final L0 fraction of weight matrices (pfrac / e^2, SPEC §2.1)
-    embed_density: float | None = None  # final fraction for wte, lm_head, wpe and biases; None = weight_density
+    weight_density: float = 0.125     # final fraction kept of weight matrices and wpe (pfrac / e^2 in the paper)
+    embed_density: float | None = None  # final fraction for wte, lm_head and biases; None = weight_density
     sparse_embeddings: bool = True    # top-k on wte and lm_head
     sparse_biases: bool = True        # top-k on every bias vector
-    protect_per_neuron: int = 4       # j of SPEC §2.1 (0 = off)
-    anneal_start: float = 0.01        # fraction of training where the L0 anneal starts (SPEC §2.2)
+    protect_per_neuron: int = 4       # j: each neuron keeps its j largest weights (0 = off)
+    anneal_start: float = 0.01        # fraction of training where the L0 anneal starts (docs/method.md)
     anneal_end: float = 0.5           # ... and ends (0.8 for the largest/sparsest models)
     anneal_power: float = 1.0         # s <- 1 - (1 - s)^p; 1 = linear
-    embed_schedule: str = "paper"     # "paper" (embeddings/biases stay dense until late) or "fixed" (SPEC §2.2)
+    embed_schedule: str = "paper"     # "paper" (embeddings/biases dense until late) or "fixed" (docs/method.md)
 
     def validate(self) -> None:
         for name in ("weight_density", "embed_density"):
@@ -113,11 +113,11 @@ class SparsityConfig:
 class TrainConfig:
     steps: int = 2000                 # optimizer steps
     batch_size: int = 32              # sequences per step
-    seq_len: int = 256                # context (SPEC §2.5)
-    lr: float = 1.28e-2               # peak lr before the sharkfin factor (SPEC §2.3)
-    warmup_frac: float = 0.01         # SPEC §2.3
+    seq_len: int = 256                # training context
+    lr: float = 1.28e-2               # peak lr before the sharkfin factor (the released script's example)
+    warmup_frac: float = 0.01         # fraction of steps in linear warmup
     sharkfin: bool = True             # multiply lr by sqrt(final density / current density)
-    weight_decay: float = 0.1         # decoupled, >=2-D params except the bigram table (SPEC §2.4)
+    weight_decay: float = 0.1         # decoupled, >=2-D params except the bigram table (docs/method.md)
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 0.1
@@ -218,10 +218,11 @@ def _unknown_key(key: str, known: list[str]) -> str:
 def _tiny() -> RunConfig:
     """A model that trains on the stdlib corpus in about 6 minutes on a 2-core CPU and learns the quote task.
 
-    Measured on that machine (bench/results/tiny_preset_probe/, 3M tokens): learned positions let a 2-layer model find the most recent opening
-    quote (without them single_double_quote stayed near 0.6 nats); the bigram table takes the bigram
-    statistics off the sparse weights; lr 2e-2 beat 1e-2 at 3,000 steps with half the steps. The context
-    (block_size) is the training context, so task prompts are cut to the 128 tokens the model was trained on."""
+    Measured on that machine (bench/results/tiny_preset_probe/, 3M tokens): learned positions let a 2-layer
+    model find the most recent opening quote (without them single_double_quote stayed near 0.6 nats); the
+    bigram table takes the bigram statistics off the sparse weights; lr 2e-2 beat 1e-2 at 3,000 steps with
+    half the steps. The context (block_size) is the training context, so task prompts are cut to the 128
+    tokens the model was trained on."""
     return RunConfig(
         model=ModelConfig(n_layer=2, d_model=128, n_head=8, d_head=16, d_mlp=512, block_size=128, afrac=0.25,
                           afrac_sites=SWEEP_SITES, bigram_table=True, learned_pos_emb=True),
@@ -233,9 +234,10 @@ def _tiny() -> RunConfig:
 
 
 def paper(width: float = 1.0, pfrac: float = 0.125, afrac: float = 0.125, n_layer: int = 8) -> RunConfig:
-    """The paper's base model (SPEC §1.8) scaled by width multiplier e: d_model 256e, d_mlp 1024e, d_head 16.
+    """The paper's base model scaled by width multiplier e: d_model 256e, d_mlp 1024e, d_head 16.
 
-    Fractions follow SPEC §2.1: weights keep pfrac/e^2, embeddings and biases pfrac/e (capped at 1)."""
+    Fractions as in the paper: weights keep pfrac/e^2, embeddings and biases pfrac/e (capped at 1), so every
+    tensor keeps pfrac times the entries of its 1x counterpart (docs/method.md, "Weight sparsity")."""
     d_model = int(256 * width)
     return RunConfig(
         model=ModelConfig(n_layer=n_layer, d_model=d_model, n_head=d_model // 16, d_head=16, d_mlp=4 * d_model,

@@ -1,4 +1,5 @@
-"""Named hook points: record or replace any activation of the model by its SPEC §8 name.
+"""Named hook points: record or replace any activation of the model by its name (the names of the paper's
+released code, listed in docs/method.md, "Hook names").
 
 Each site is a `HookPoint` (an identity module) that the model calls on the tensor flowing past it.
 Hooks are temporary and only installed through the context managers below, which remove them in `finally`:

@@ -1,9 +1,9 @@
-"""The GPT-2-style decoder of SPEC §1, with named hook points (SPEC §8).
+"""The GPT-2-style decoder of Gao et al. 2025, with named hook points (docs/method.md, "Architecture").
 
 Data flow: x = wte[idx] (+ wpe[:T]) -> per layer: x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x)) -> final_resid
 -> RMSNorm -> lm_head -> + final_logits_bias (+ bigram_table[idx]).
 
-AbsTopK (keep the k = int(afrac * width) largest |x| per token) sits at the configured sites; every hook point
+AbsTopK (keep the k = max(1, int(afrac * width)) largest |x| per token) sits at the configured sites; every hook point
 is placed after the AbsTopK of its site, so records and interventions see the sparse activation. The sites
 (hook name, width, AbsTopK name, pruning mask and edges) are declared once in sites.py.
 Module names follow the official checkpoints (transformer.h.L.attn.c_attn, ...), so state dicts map 1:1.
@@ -90,7 +90,8 @@ class CausalSelfAttention(nn.Module):
 
 
 def _attention_with_sink(q: Tensor, k: Tensor, v: Tensor, sink: Tensor) -> Tensor:
-    """Causal attention with one extra always-visible slot per head: score sink[h], zero value (SPEC §1.2)."""
+    """Causal attention with one extra always-visible slot per head: score sink[h], zero value, so a head
+    can attend to nothing (docs/method.md, "Architecture")."""
     B, H, T, D = q.shape
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))                      # (B, H, T, T)
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
@@ -157,7 +158,7 @@ class GPT(nn.Module):
         self.lm_head = SparseLinear(cfg.d_model, cfg.vocab_size, bias=False, kind="embed", neuron_axis=None)
         self.register_buffer("final_logits_bias", torch.zeros(cfg.vocab_size))
         if cfg.bigram_table:
-            table = torch.rand(cfg.vocab_size, cfg.vocab_size) * 0.02   # uniform[0,1) * 0.02 (SPEC §1.3)
+            table = torch.rand(cfg.vocab_size, cfg.vocab_size) * 0.02   # uniform[0,1) * 0.02, the released init
             if cfg.learnable_bigram_table:
                 self.bigram_table = nn.Parameter(table)
             else:
@@ -169,7 +170,8 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Init of SPEC §1.7: N(0, 0.02) weights, residual c_proj N(0, 0.02/sqrt(2 n_layer)), zero biases."""
+        """N(0, 0.02) weights, residual c_proj N(0, 0.02/sqrt(2 n_layer)), zero biases (docs/method.md,
+        "Initialisation")."""
         std = self.config.init_std
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):

@@ -1,5 +1,6 @@
 """SparseAdamW's contract (param groups "params", "lr", "k", "protect", "weight_decay", "name"), its math
-against a hand-written SPEC §2.4 step, and the fused device path against the torch path."""
+against a hand-written step in the order of docs/method.md ("The optimizer step"), and the fused device path
+against the torch path."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""The L0 anneal and sharkfin schedules against the formulas of SPEC §2.2-2.3."""
+"""The L0 anneal and sharkfin schedules against the formulas of docs/method.md ("The L0 anneal", "The sharkfin
+learning rate")."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""sparseformer.data: corpora, the byte-level BPE tokenizer, and cached token shards (SPEC §3)."""
+"""sparseformer.data: corpora, the byte-level BPE tokenizer, and cached token shards (docs/method.md)."""
 
 from .corpus import CorpusStats, Document, iter_documents, load_corpus
 from .dataset import DatasetStats, TokenDataset

@@ -1,4 +1,4 @@
-"""Corpora: where training text comes from (SPEC §3.2 substitute).
+"""Corpora: where training text comes from (the paper's pretraining corpus is not released; docs/method.md).
 
 A source is one of:
 - None or "stdlib": the .py files of this interpreter's standard library (sysconfig "stdlib" path), sorted.

@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizer in the style of tinypython_2k (SPEC §3.1), built on HF `tokenizers`.
+"""Byte-level BPE tokenizer in the style of the paper's tinypython_2k, built on HF `tokenizers`
+(docs/method.md, "Tokenizer and data").
 
 - Pre-tokenisation: PRETOKENIZE_REGEX (the tinypython regex, used as given), then GPT-2 byte-level mapping.
 - `<|endoftext|>` (EOT) has id vocab_size-1 (2047 for the default 2048).
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 PRETOKENIZE_REGEX = r"""[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
-REQUIRED_TOKENS = ('("', "('", '")', "')")  # SPEC §3.1: single tokens in tinypython_2k
+REQUIRED_TOKENS = ('("', "('", '")', "')")  # single tokens in tinypython_2k; the quote task scores them
 MAX_VOCAB_SIZE = 65536  # token ids are stored as uint16
 MIN_VOCAB_SIZE = 256 + len(REQUIRED_TOKENS) + 1  # bytes + required merges + EOT
 

@@ -3,7 +3,7 @@
 The hand-off format is the dense weight with zeros (as in torchao): `weight` is an ordinary dense-shaped
 Parameter holding exact zeros off its support, so state dicts, init code, isinstance checks and existing
 optimizers keep working. The layer holds k (owner.py); the projection to k happens after each optimizer
-step (SparseAdamW's fused one, or the step hook of exact_k.py under any other optimizer).
+step (SparseAdamW's fused one, or the step hook of owner.py under any other optimizer).
 
 Format refresh: by default (`refresh="always"`) the plan and sparse format the kernels read are rebuilt at
 every forward: one streaming pass over W (plus a device sync on a GPU when a sparse method runs), the

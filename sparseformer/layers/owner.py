@@ -5,7 +5,7 @@ A module that mixes in `SparseOwner` declares its sparse-capable tensors as slot
 slot has a budget k (None: not sparse) and, for the weight, a protection (j, "rows"|"cols") on the stored
 tensor: every row (or column) keeps its j largest entries. The training schedule writes k each step
 (sparseformer.sparsity.params); optimizers read it (SparseAdamW by itself, any other through the step
-hook of sparseformer.layers.exact_k).
+hook below).
 
 `sparse_tensors(model)` is the one list of a model's sparse tensors: (name, param, kind, k, protect, owner).
 `owner_of(param)` finds the owner of a parameter without the model (what an optimizer has): owners record

@@ -1,4 +1,5 @@
-"""The paper's released checkpoint format (SPEC §1.6, §3.1, §8): import, load and export.
+"""The paper's released checkpoint format: import, load and export (docs/method.md, "The paper's released
+checkpoints").
 
 An official model directory holds beeg_config.json (GPTConfig fields) and final_model.pt (a state dict, dense
 or sparse COO tensors); the tokenizer is GPT-2 data-gym files encoder.json + vocab.bpe. Our module and hook

@@ -1,4 +1,4 @@
-"""beeg_config.json <-> ModelConfig (SPEC §1.6).
+"""beeg_config.json (the released inference code's GPTConfig fields) <-> ModelConfig.
 
 A key missing from a file takes the inference GPTConfig default (so a file without `rms_norm` describes a
 LayerNorm model, which we refuse). Keys that cannot change the forward pass are ignored; a key we do not know
@@ -16,7 +16,7 @@ from ..sites import abstopk_widths
 
 CONFIG_FILE = "beeg_config.json"
 
-# The inference GPTConfig's defaults (SPEC §1.6).
+# The released inference GPTConfig's defaults: what a key missing from a file means.
 DEFAULTS: dict[str, Any] = {
     "block_size": 1024, "vocab_size": 50304, "n_layer": 12, "n_head": 12, "d_model": 768, "d_head": None,
     "dropout": 0.0, "bias": True, "ln_bias": True, "rms_norm": False, "residual_activation_type": "identity",

@@ -1,4 +1,5 @@
-"""GPT-2 "data-gym" tokenizer files (encoder.json + vocab.bpe) <-> our Tokenizer (SPEC §3.1).
+"""GPT-2 "data-gym" tokenizer files (encoder.json + vocab.bpe, the form of the paper's tinypython_2k) <->
+our Tokenizer.
 
 In data-gym form a token's id is its BPE rank: the 256 byte tokens come first, ordered by their byte-level
 character (the printable bytes, then the other 68), and each line of vocab.bpe adds the next id. The

@@ -1,15 +1,16 @@
-"""The L0 anneal (SPEC §2.2) and the sharkfin learning rate (SPEC §2.3), as pure functions of the step.
+"""The L0 anneal and the sharkfin learning rate, as pure functions of the step (docs/method.md explains both).
 
 Steps are 0-based: step t in [0, T) is the (t+1)-th optimizer step.
 
 Anneal progress  s(t) = clip((t - a T) / (b T - a T), 0, 1), then s <- 1 - (1 - s)^p  (a, b = anneal_start/end).
-Weight density   d_W(t) = lerp(1, d_W_final, s)              (pfrac_t / e^2 in the paper's units).
-Embedding/bias density (wte, lm_head, wpe, biases), with r = d_E_final / d_W_final (= e in the paper):
+Weight density   d_W(t) = lerp(1, d_W_final, s)              (pfrac_t / e^2 in the paper's units; also wpe).
+Embedding/bias density (wte, lm_head, biases), with r = d_E_final / d_W_final (= e in the paper):
   "paper" (the schedule of the paper's released models):  d_E(t) = min(1, r * d_W(t)); these tensors stay dense
            until d_W(t) < 1/r and then sparsify in a short burst;
   "fixed"  (the released train.py):                      d_E(t) = lerp(1, d_E_final, s).
-Learning rate    lr(t) = lr_peak * base(t) * sqrt(d_W_final / d_W(t))   (the last factor only when sharkfin)
-  base(t) = (t + 1) / W during warmup (t < W, W = warmup_frac * T, at least 1 step when warmup_frac > 0),
+Learning rate    lr(t) = lr_peak * base(t) * sqrt(d_W_final / d_W(t))   (the last factor only for a sparse run
+                 with sharkfin on)
+  base(t) = (t + 1) / W during warmup (t < W, W = round(warmup_frac * T), at least 1 when warmup_frac > 0),
             1 - (t - W) / (T - W) afterwards (linear decay towards 0).
 """
 
@@ -39,7 +40,7 @@ def weight_density(step: int, total: int, cfg: SparsityConfig) -> float:
 
 
 def embed_density(step: int, total: int, cfg: SparsityConfig) -> float:
-    """Fraction of wte, lm_head, wpe and each bias kept at this step, per cfg.embed_schedule."""
+    """Fraction of wte, lm_head and each bias kept at this step, per cfg.embed_schedule."""
     if cfg.dense:
         return 1.0
     final = cfg.final_embed_density
@@ -61,7 +62,7 @@ def lr_base(step: int, total: int, warmup_frac: float) -> float:
 
 
 def learning_rate(step: int, train: TrainConfig, sparsity: SparsityConfig) -> float:
-    """The sharkfin learning rate at this step (SPEC §2.3)."""
+    """The sharkfin learning rate at this step (module docstring)."""
     lr = train.lr * lr_base(step, train.steps, train.warmup_frac)
     if train.sharkfin and not sparsity.dense:
         lr *= math.sqrt(sparsity.weight_density / weight_density(step, train.steps, sparsity))

@@ -1,4 +1,4 @@
-"""Test helpers written from the official format description (issue 7, SPEC §1, §3.1), independent of
+"""Test helpers written from the released format (docs/method.md, "The paper's released checkpoints"), independent of
 sparseformer's model and converter: build official checkpoints, run the official forward, write and read
 data-gym tokenizer files, and compare tensors bit for bit."""
 
@@ -86,7 +86,8 @@ def write_official(directory: Path, c: dict, sd: dict, coo=()) -> Path:
 
 
 def official_forward(sd: dict, c: dict, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits [B, T, V] and the activation at every SPEC §8 hook, computed in float64 from the format."""
+    """Logits [B, T, V] and the activation at every hook of the released code, computed in float64 from the
+    format."""
     w = {k: (v.to_dense() if v.is_sparse else v).double() for k, v in sd.items()}
     d, H, D, m, V = _dims(c)
     B, T = idx.shape

@@ -87,7 +87,7 @@ def test_forward_and_hooks_match_the_official_forward(imported):
         logits = model(idx)
     torch.testing.assert_close(logits.double(), ref_logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(logits.argmax(-1), ref_logits.argmax(-1))
-    assert set(rec) == set(ref_acts)                       # SPEC §8 hook names, nothing more or less
+    assert set(rec) == set(ref_acts)                       # the released hook names, nothing more or less
     for name, act in ref_acts.items():
         torch.testing.assert_close(rec[name], act, atol=1e-9, rtol=1e-9, msg=name)
 
