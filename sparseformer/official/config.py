@@ -65,7 +65,7 @@ def to_model_config(raw: dict[str, Any], where: str = CONFIG_FILE) -> ModelConfi
     if not isinstance(raw, dict):
         raise CheckpointError(f"{where} must hold a JSON object, not {type(raw).__name__}")
     c = dict(raw)
-    if "n_mlp" in c:  # older files
+    if "n_mlp" in c:  # the older released checkpoints name d_mlp n_mlp
         if c.get("d_mlp") is not None and c["d_mlp"] != c["n_mlp"]:
             raise CheckpointError(f"{where}: n_mlp={_js(c['n_mlp'])} and d_mlp={_js(c['d_mlp'])} disagree; "
                                   f"keep one of them")
