@@ -120,18 +120,20 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.ln_1 = _rmsnorm(cfg, cfg.d_model)
-        self.attn = CausalSelfAttention(cfg, layer)
-        self.ln_2 = _rmsnorm(cfg, cfg.d_model)
-        self.mlp = MLP(cfg, layer)
-        self.topk_attn_in = _site_topk(cfg, "attn.act_in")
-        self.topk_mlp_in = _site_topk(cfg, "mlp.act_in")
-        self.topk_resid_attn = _site_topk(cfg, "resid_mid")
-        self.topk_resid_mlp = _site_topk(cfg, "resid_out")
+        # hook points and AbsTopK hold no parameters; they are registered in forward order, so
+        # `GPT.hook_names()` lists the sites in the order the forward pass reaches them
         self.hook_resid_in = HookPoint(f"{layer}.resid_in")              # [B, T, d_model]
+        self.ln_1 = _rmsnorm(cfg, cfg.d_model)
+        self.topk_attn_in = _site_topk(cfg, "attn.act_in")
         self.hook_attn_in = HookPoint(f"{layer}.attn.act_in")            # [B, T, d_model]
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.topk_resid_attn = _site_topk(cfg, "resid_mid")
         self.hook_resid_mid = HookPoint(f"{layer}.resid_mid")            # [B, T, d_model]
+        self.ln_2 = _rmsnorm(cfg, cfg.d_model)
+        self.topk_mlp_in = _site_topk(cfg, "mlp.act_in")
         self.hook_mlp_in = HookPoint(f"{layer}.mlp.act_in")              # [B, T, d_model]
+        self.mlp = MLP(cfg, layer)
+        self.topk_resid_mlp = _site_topk(cfg, "resid_out")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.hook_resid_in(x)

@@ -48,6 +48,10 @@ def test_forward_shapes_and_hook_names():
               "1.mlp.resid_delta", "final_resid"):
         assert n in names
     assert names[-1] == "final_resid"
+    reached = []                                        # the order the forward pass reaches the sites
+    with replace(m, {n: (lambda t, name: reached.append(name)) for n in names}):
+        m(idx)
+    assert names == reached
 
 
 def test_afrac_sites_sparsify_recorded_activations():
