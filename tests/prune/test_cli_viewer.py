@@ -157,6 +157,15 @@ def test_prune_with_faithfulness_prints_one_line_per_control(run_dir):
     assert len(doc["faithfulness"]["controls"]) == 7 and doc["before_cleaning"] is not None
 
 
+def test_prune_search_options_reach_the_circuit_file(run_dir):
+    assert "--edge-coef -1.0" in one_error_line(invoke("prune", run_dir, "--task", "var_if", "--edge-coef", "-1"))
+    res = invoke("prune", run_dir, "--task", "else_elif", "--target-loss", "5", "--steps", "2", "--train-pairs", "8",
+                 "--eval-pairs", "8", "--clean-order", "edges", "--edge-coef", "1e-4", "--json")
+    assert res.exit_code == 0, res.output
+    search = json.loads((run_dir / "circuits" / "else_elif.json").read_text())["settings"]["search"]
+    assert search["clean_order"] == "edges" and search["edge_coef"] == 1e-4 and search["steps"] == 2
+
+
 def _run_viewer_script(page: Path, actions: list) -> list[dict]:
     """Execute the viewer's script in node against a minimal DOM (viewer_dom.js); one snapshot per action."""
     actions_file = page.with_suffix(".actions.json")
