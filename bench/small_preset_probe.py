@@ -52,17 +52,27 @@ def probe(name: str, overrides: list[str], minutes: float, runs: Path, eval_pair
         steps = steps_for_minutes(cfg, minutes, rate)
     cfg = apply_overrides(cfg, [f"train.steps={steps}", f"train.eval_every={max(1, steps // 6)}",
                                 f"train.ckpt_every={max(1, steps // 6)}"])
-    finished_before = read_state(run_dir).get("finished") if run_dir.is_dir() else False
+    state = read_state(run_dir) if run_dir.is_dir() else {}
+    finished_before, resumed_from = state.get("finished", False), state.get("step")
     train_s = train_or_reuse(cfg, run_dir, progress=False)
     run = load_run(run_dir)
     t0 = time.perf_counter()
     rows = evaluate(run.model, run.tokenizer, "all", n=eval_pairs)
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     val = [m["val_loss"] for m in metrics if "val_loss" in m]
+    # the training speed without validation rows; its median is robust to the bursts of other jobs on the
+    # machine (the lock keeps long jobs apart, not the team's short ones)
+    speeds = sorted(m["tokens_per_s"] for m in metrics if m.get("tokens_per_s") and "val_loss" not in m)
+    median_speed = speeds[len(speeds) // 2] if speeds else None
     return {"name": name, "overrides": CONTEXT + overrides, "minutes_budget": minutes, "eval_pairs": eval_pairs,
             "steps_per_s_probe": rate, "steps": steps,
             "tokens": steps * cfg.train.batch_size * cfg.train.seq_len,
-            "train_seconds": None if finished_before else round(train_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
+            "train_seconds": None if finished_before or resumed_from else round(train_s, 1),
+            "resumed_from_step": resumed_from if resumed_from and not finished_before else None,
+            "median_tokens_per_s": median_speed,
+            "minutes_at_median_speed": round(steps * cfg.train.batch_size * cfg.train.seq_len / median_speed / 60, 1)
+            if median_speed else None,
+            "eval_seconds": round(time.perf_counter() - t0, 1),
             "params": sum(p.numel() for p in run.model.parameters()), "val_loss": val[-1] if val else None,
             "tasks": {r["task"]: round(r["loss"], 4) for r in rows},
             "learned": sorted(r["task"] for r in rows if r["loss"] < LEARNED)}
@@ -75,12 +85,16 @@ def readme(docs: list[dict]) -> str:
              "and the overrides shown, its steps set to fit the budget; tasks are evaluated on the test pairs",
              "given in the table,",
              f"learned = loss under {LEARNED} per sequence.", "",
-             "| candidate | overrides | budget (min) | steps | tokens | train s | params | val loss | eval pairs | tasks learned |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "`train s` is the wall-clock of one uninterrupted training (blank when the run was resumed);",
+             "`min at median speed` is the tokens over the median logged training speed, robust to the other jobs",
+             "that ran alongside.", "",
+             "| candidate | overrides | budget (min) | steps | tokens | train s | min at median speed | params | val loss "
+             "| eval pairs | tasks learned |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for d in docs:
         over = " ".join(o for o in d["overrides"] if o not in CONTEXT) or "(tiny architecture)"
         lines.append(f"| {d['name']} | `{over}` | {d['minutes_budget']:g} | {d['steps']} | {d['tokens']:,} | "
-                     f"{d['train_seconds']} | {d['params']:,} | {d['val_loss']:.4f} | {d['eval_pairs']} | {len(d['learned'])} |")
+                     f"{d['train_seconds'] or ''} | {d.get('minutes_at_median_speed') or ''} | {d['params']:,} | {d['val_loss']:.4f} | {d['eval_pairs']} | {len(d['learned'])} |")
     tasks = list(docs[0]["tasks"]) if docs else []
     lines += ["", "Task loss per candidate:", "", "| task | " + " | ".join(d["name"] for d in docs) + " |",
               "| --- |" + " --- |" * len(docs)]

@@ -24,6 +24,11 @@ import click
               help="Fit a logit scale and shift (16 LBFGS steps) for every circuit tried.")
 @click.option("--clean/--no-clean", default=True, show_default=True,
               help="After bisection, drop nodes while the loss stays at the target, until every node is needed.")
+@click.option("--clean-order", type=click.Choice(["rank", "edges"]), default=None,
+              help="Cleaning tries the lowest-ranked nodes first (rank) or those with the most edges (edges); "
+                   "default: the search's (docs/pruning.md).")
+@click.option("--edge-coef", type=float, default=None,
+              help="Weight of the kept-edge count in the mask objective (default: the search's).")
 @click.option("--faithfulness", "with_faithfulness", is_flag=True,
               help="Also run the faithfulness controls (see `sparseformer faithfulness`).")
 @click.option("--train-pairs", type=int, default=512, show_default=True, help="Pairs for mask optimisation.")
@@ -33,21 +38,25 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def prune(run_dir, task, target_loss, ablation, trials, steps, freeze_norms, calibrate, clean, with_faithfulness,
-          train_pairs, eval_pairs, seed, device, quiet, as_json):
+def prune(run_dir, task, target_loss, ablation, trials, steps, freeze_norms, calibrate, clean, clean_order, edge_coef,
+          with_faithfulness, train_pairs, eval_pairs, seed, device, quiet, as_json):
     """Find the smallest circuit of RUN's model that solves a task, validate it, and write its viewer."""
     from ..checkpoint import load_run
     from ..errors import PruneError
-    from ..prune import prune_task, write_outputs
+    from ..prune import SearchSettings, prune_task, write_outputs
     if steps is not None and steps < 1:
         raise PruneError(f"--steps {steps}: need at least one step")
+    if edge_coef is not None and not edge_coef >= 0:
+        raise PruneError(f"--edge-coef {edge_coef}: must be 0 or more")
+    chosen = {"clean_order": clean_order, "edge_coef": edge_coef}
+    settings = SearchSettings(**{k: v for k, v in chosen.items() if v is not None})
     if train_pairs < 1 or eval_pairs < 1:
         raise PruneError("--train-pairs and --eval-pairs must be at least 1")
     run = load_run(run_dir, device=device)
     result = prune_task(run, task, target_loss=target_loss, ablation=ablation, trials=trials, steps=steps,
                         seed=seed, freeze_norms=freeze_norms, calibrate=calibrate,
                         progress=not (quiet or as_json), n_train=train_pairs, n_test=eval_pairs, clean=clean,
-                        faithfulness=with_faithfulness)
+                        faithfulness=with_faithfulness, settings=settings)
     json_path, html_path = write_outputs(run_dir, result)
     summary = {"task": result.task, "target_loss": result.target_loss, "full_loss": result.full_loss,
                "loss": result.loss, "sufficient": result.sufficient, "necessity_loss": result.necessity_loss,

@@ -2,11 +2,13 @@
 
 The bisection keeps the k top-ranked nodes, so a node the ranking placed too high stays in the circuit, and a
 single late node that the task needs drags every node ranked above it in with it (docs/pruning.md). The
-cleaning pass tries to remove each kept node in turn (lowest-ranked first) and commits every removal after
-which the circuit's loss on the evaluation pairs is still at or below the target. Passes repeat until one
-removes nothing; that last pass has then tried every remaining node against the final circuit, so each of
-them is necessary: removing any single one pushes the loss over the target. Its losses are the per-node
-ablation losses the viewer shows. The cost is one evaluation of the circuit per kept node per pass.
+cleaning pass tries to remove each kept node in turn and commits every removal after which the circuit's loss
+on the evaluation pairs is still at or below the target. The search chooses the order: lowest-ranked first,
+or most edges first, which spends the slack below the target on the nodes that cost the most edges. Passes
+repeat until one removes nothing; that last pass has then tried every remaining node against the final
+circuit, so each of them is necessary: removing any single one pushes the loss over the target. Its losses
+are the per-node ablation losses the viewer shows. The cost is one evaluation of the circuit per kept node
+per pass.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ class Cleaning:
     seconds: float = 0.0
 
 
-def clean_circuit(loss_of: Callable[[Tensor], tuple[float, float, float]], keep: Tensor, order: Sequence[int],
-                  target: float, max_passes: int = 20) -> Cleaning:
+def clean_circuit(loss_of: Callable[[Tensor], tuple[float, float, float]], keep: Tensor,
+                  order: Sequence[int] | Callable[[Tensor], Sequence[int]], target: float,
+                  max_passes: int = 20) -> Cleaning:
     """Remove nodes of the circuit `keep` (flat 0/1) while loss_of(circuit)[0] <= target; candidates are
-    tried in `order` (flat indices; kept nodes not in it are never removed). Returns the cleaned circuit;
-    a circuit that does not reach the target comes back unchanged."""
+    tried in `order` (flat indices; kept nodes not in it are never removed), or in order(keep) recomputed at
+    the start of every pass. Returns the cleaned circuit; a circuit that does not reach the target comes
+    back unchanged."""
     t0 = time.perf_counter()
     keep = keep.clone().float()
     loss, a, b = loss_of(keep)
@@ -44,8 +48,10 @@ def clean_circuit(loss_of: Callable[[Tensor], tuple[float, float, float]], keep:
     if not loss <= target:
         out.seconds = time.perf_counter() - t0
         return out
-    candidates = [int(i) for i in order if keep[int(i)] > 0]
+    candidates = [] if callable(order) else [int(i) for i in order if keep[int(i)] > 0]
     for _ in range(max_passes):
+        if callable(order):
+            candidates = [int(i) for i in order(keep) if keep[int(i)] > 0]
         out.passes += 1
         removed_now = 0
         out.node_losses = {}

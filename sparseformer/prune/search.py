@@ -2,7 +2,8 @@
 
 docs/pruning.md describes the method (Gao et al. 2025, App. A.5). One parameter tau per node, initialised N(init_bias, init_scale^2) and clamped to [-1, 1]
 after every step; the forward uses m = H(tau) (1 where tau > 0; tau = 0 counts as off), the backward the
-surrogate dm/dtau = sigmoid'(tau/T)/T. The objective is task loss + k_coef * sum(m), minimised with AdamW
+surrogate dm/dtau = sigmoid'(tau/T)/T. The objective is task loss + k_coef * sum(m) (+ edge_coef * the
+edges between nodes with m = 1, off by default), minimised with AdamW
 (linear lr decay, no warmup, gradient clipping) on batches of `batch_pairs` pairs. Afterwards nodes are
 ranked by tau and the number kept is bisected on the evaluation pairs for the smallest k whose circuit
 (top-k nodes kept, the rest ablated) reaches the target loss. Optionally the circuit's logits are
@@ -24,6 +25,7 @@ from torch import Tensor
 from ..tasks.dataset import TaskBatch
 from .ablate import Ablator, calibrated_loss
 from .clean import clean_circuit
+from .edges import EdgeGraph
 from .sites import kept_from_flat, n_nodes, node_ids, split_flat
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class SearchSettings:
     beta2: float = 0.95
     temperature: float = 1.0        # heaviside_temp T of the surrogate gradient
     grad_clip: float = 1.0
+    edge_coef: float = 0.0          # weight of the kept-edge count in the objective (0: nodes only, as the paper)
+    clean_order: str = "rank"       # cleaning tries nodes lowest-ranked first ("rank") or most edges first ("edges")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +104,7 @@ def train_masks(ablator: Ablator, sites: dict[str, int], train: TaskBatch, setti
     opt = torch.optim.AdamW([tau], lr=s.lr, betas=(0.9, s.beta2), weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / s.steps))
     batches = _length_buckets(train, s.batch_pairs, gen)
+    graph = EdgeGraph(ablator.model, sites, ablator.device) if s.edge_coef else None
     history: list[dict] = []
     from tqdm.auto import tqdm
     bar = tqdm(range(s.steps), desc="masks", disable=not progress, leave=False)
@@ -110,6 +115,8 @@ def train_masks(ablator: Ablator, sites: dict[str, int], train: TaskBatch, setti
         m = heaviside(tau, s.temperature)
         task_loss = ablator.loss(batch, split_flat(m, sites))
         loss = task_loss + s.k_coef * m.sum()
+        if graph is not None:                   # edges between kept nodes, differentiable through the surrogate
+            loss = loss + s.edge_coef * graph.count(m)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([tau], s.grad_clip)
@@ -234,7 +241,7 @@ def search_circuit(ablator: Ablator, sites: dict[str, int], train: TaskBatch, te
             out.before = {"kept": out.kept, "nodes": out.nodes, "loss": loss}
             keep = torch.zeros(n)
             keep[ranking[:k]] = 1.0
-            c = clean_circuit(loss_of, keep, ranking[:k].flip(0).tolist(), target)   # lowest-ranked first
+            c = clean_circuit(loss_of, keep, _clean_order(ablator, sites, ranking[:k], settings.clean_order), target)
             ids = node_ids(kept_from_flat(range(n), sites), sites)
             out.kept = kept_from_flat(c.keep.nonzero()[:, 0].tolist(), sites)
             out.loss, out.scale, out.shift = c.loss, c.scale, c.shift
@@ -248,6 +255,23 @@ def search_circuit(ablator: Ablator, sites: dict[str, int], train: TaskBatch, te
                  timings)
         outcomes.append(out)
     return outcomes
+
+
+def _clean_order(ablator: Ablator, sites: dict[str, int], ranked: Tensor, how: str):
+    """The order the cleaning pass tries the bisected nodes `ranked` (best first) in: lowest-ranked first, or
+    (\"edges\") most edges to the other kept nodes first, recomputed at every pass, ties lowest-ranked first."""
+    if how == "rank":
+        return ranked.flip(0).tolist()
+    if how != "edges":
+        raise ValueError(f"unknown clean_order {how!r} (rank or edges)")
+    graph = EdgeGraph(ablator.model, sites)
+    position = {int(i): r for r, i in enumerate(ranked.tolist())}
+
+    def order(keep: Tensor) -> list[int]:
+        deg = graph.degrees(keep.cpu())
+        return sorted((i for i in position if keep[i] > 0), key=lambda i: (-float(deg[i]), -position[i]))
+
+    return order
 
 
 def trial_settings(base: SearchSettings, trial: int, seed: int = 0) -> SearchSettings:

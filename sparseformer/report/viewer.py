@@ -5,6 +5,9 @@ draws the circuit from the embeddings (bottom) to the logits (top), layer by lay
 and channel (heads as h{n}.ch{c}), weight edges coloured by sign with width by |weight|, and the residual
 stream (write -> later read of the same channel, not an edge) dashed. Clicking a node shows its
 top-activating pretraining snippets with the token highlighted, and the task loss with that node ablated.
+For a cleaned circuit, the "before cleaning" box redraws the bisected circuit with the nodes the cleaning
+removed (and their edges) faded; a circuit with a faithfulness report gets its table (one row per control:
+status and verdict) in the side panel. tests/prune/viewer_dom.js runs the page's script in node for the tests.
 """
 
 from __future__ import annotations

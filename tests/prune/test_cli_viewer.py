@@ -2,6 +2,9 @@
 
 import json
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +17,13 @@ from sparseformer.data.corpus import stdlib_dir
 from sparseformer.data.tokenizer import Tokenizer
 from sparseformer.model import GPT
 from sparseformer.prune.circuit import find_circuit
+from sparseformer.prune.faithfulness import CircuitUnderTest, faithfulness
 from sparseformer.prune.outputs import write_outputs
 from sparseformer.prune.search import SearchSettings
 from sparseformer.report.viewer import render_viewer
 from sparseformer.sites import viewer_layout
+
+NODE = shutil.which("node")
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +155,57 @@ def test_prune_with_faithfulness_prints_one_line_per_control(run_dir):
         assert re.search(rf"^  {name} +(pass|fail|n/a) +\S", res.output, re.M), res.output
     doc = json.loads((run_dir / "circuits" / "var_if.json").read_text())
     assert len(doc["faithfulness"]["controls"]) == 7 and doc["before_cleaning"] is not None
+
+
+def test_prune_search_options_reach_the_circuit_file(run_dir):
+    assert "--edge-coef -1.0" in one_error_line(invoke("prune", run_dir, "--task", "var_if", "--edge-coef", "-1"))
+    res = invoke("prune", run_dir, "--task", "else_elif", "--target-loss", "5", "--steps", "2", "--train-pairs", "8",
+                 "--eval-pairs", "8", "--clean-order", "edges", "--edge-coef", "1e-4", "--json")
+    assert res.exit_code == 0, res.output
+    search = json.loads((run_dir / "circuits" / "else_elif.json").read_text())["settings"]["search"]
+    assert search["clean_order"] == "edges" and search["edge_coef"] == 1e-4 and search["steps"] == 2
+
+
+def _run_viewer_script(page: Path, actions: list) -> list[dict]:
+    """Execute the viewer's script in node against a minimal DOM (viewer_dom.js); one snapshot per action."""
+    actions_file = page.with_suffix(".actions.json")
+    actions_file.write_text(json.dumps(actions))
+    proc = subprocess.run([NODE, str(Path(__file__).with_name("viewer_dom.js")), str(page), str(actions_file)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.skipif(NODE is None, reason="node not found (the viewer's script runs in node)")
+def test_viewer_draws_the_circuit_before_and_after_cleaning_and_the_faithfulness_table(planted, tmp_path):
+    model, batch, means = planted
+    result = find_circuit(model, batch, batch, means, task="planted", settings=SearchSettings(steps=1, lr=1e-9))
+    before = result.before_cleaning                       # a random ranking: the bisection kept extra nodes
+    assert before["nodes"] > result.nodes
+    result.faithfulness = faithfulness(model, batch, batch, means, CircuitUnderTest(kept=result.kept, target_loss=0.15),
+                                       nonsense_tokens=(3, 4), means_fn=None, controls=["sufficiency", "ablation"])
+    _, html_path = write_outputs(tmp_path, result)
+    load, on, off, click = _run_viewer_script(html_path, [["load"], ["toggle", True], ["toggle", False],
+                                                          ["click", "0.attn.v.0"]])
+    kept = {f"{s}.{c}" for s, chans in result.kept.items() for c in chans}
+    removed = {n["id"] for n in before["removed"]}
+    # after cleaning (the default view): exactly the kept nodes and their edges, nothing faded
+    assert {n["id"] for n in load["nodes"]} == kept and not any(n["faded"] for n in load["nodes"])
+    weight = [e for e in load["edges"] if " (removed by cleaning)" not in e["title"]]
+    assert len(weight) == len(result.edge_list) + len(result.unembedding_edge_list) and not any(e["faded"] for e in load["edges"])
+    # before cleaning: the bisected circuit, the removed nodes and every edge touching them faded
+    assert {n["id"] for n in on["nodes"] if not n["faded"]} == kept
+    assert {n["id"] for n in on["nodes"] if n["faded"]} == removed and len(kept | removed) == before["nodes"]
+    assert sum(e["faded"] for e in on["edges"]) == len(before["edge_list"]) > 0
+    assert sum(e["faded"] for e in on["edges"]) + len(result.edge_list) == before["edges"]
+    assert f"before cleaning: {before['nodes']} nodes, {before['edges']} edges" in on["header"]
+    assert off["nodes"] == load["nodes"] and off["edges"] == load["edges"]      # the toggle goes back
+    selected = [n["id"] for n in load["nodes"] if n["selected"]]
+    assert len(selected) == 1 and [n["id"] for n in on["nodes"] if n["selected"]] == selected   # and keeps the selection
+    # the faithfulness table: one row per control with its status and verdict
+    assert load["summary_headings"] == ["search trials", "faithfulness"]
+    rows = {r[0]: r[1:] for r in load["summary_rows"] if r[0] in ("sufficiency", "ablation")}
+    assert rows == {c["name"]: [c["status"], c["verdict"]] for c in result.faithfulness["controls"]}
+    # a click selects the node and shows its loss when ablated
+    assert [n["id"] for n in click["nodes"] if n["selected"]] == ["0.attn.v.0"]
+    assert click["detail_rows"][0] == ["site", "0.attn.v"] and any(r[0] == "loss with it ablated" for r in click["detail_rows"])
