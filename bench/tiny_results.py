@@ -59,8 +59,8 @@ def one_model(name: str, run_dir: Path, dense: bool, task: str, eval_pairs: int)
 
 def weight_density(info: dict) -> float:
     """Nonzero fraction over the weight matrices (c_attn, c_proj, c_fc) of a run's `info`."""
-    from sparseformer.sparsity.params import classify
-    weights = [t for t in info["tensors"] if classify(t["name"]) == "weight"]
+    from sparseformer.model import param_kind
+    weights = [t for t in info["tensors"] if param_kind(t["name"]) == "weight"]
     return sum(t["nonzero"] for t in weights) / sum(t["numel"] for t in weights)
 
 

@@ -16,6 +16,8 @@ schedule writes it (sparsity/params.py), SparseAdamW keeps each tensor at its k.
 from __future__ import annotations
 
 import math
+import re
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .hooks import HookPoint
 from .kernels.abstopk import abstopk
-from .layers import SparseEmbedding, SparseLinear
+from .layers import SparseEmbedding, SparseLinear, sparse_tensors
 from .sites import site_spec, site_width
 
 
@@ -232,3 +234,21 @@ class GPT(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def param_kind(name: str) -> str | None:
+    """The sparsity kind of a GPT parameter name ("weight", "embed", "bias"), or None for tensors that are
+    never sparse; for code that has names but no model (checkpoint files, the official format)."""
+    return _param_kinds().get(_layer_pattern(name))
+
+
+@lru_cache(maxsize=1)
+def _param_kinds() -> dict[str, str]:
+    """Kind of every sparse-capable GPT parameter, layer numbers written '*', read from a small GPT's layers."""
+    cfg = ModelConfig(vocab_size=8, n_layer=1, d_model=8, n_head=2, d_head=4, d_mlp=8, block_size=4, bias=True,
+                      learned_pos_emb=True)
+    return {_layer_pattern(t.name): t.kind for t in sparse_tensors(GPT(cfg), declared=True)}
+
+
+def _layer_pattern(name: str) -> str:
+    return re.sub(r"\.\d+\.", ".*.", name)

@@ -217,7 +217,7 @@ def _tiny_gpt(**overrides):
 
 def test_gpt_declares_its_sparse_tensors_by_kind():
     from sparseformer.layers import sparse_tensors
-    from sparseformer.sparsity.params import classify
+    from sparseformer.model import param_kind
     model = _tiny_gpt()
     assert sparse_tensors(model) == []                       # declared, not sparse until configured
     declared = {t.name: t for t in sparse_tensors(model, declared=True)}
@@ -226,9 +226,9 @@ def test_gpt_declares_its_sparse_tensors_by_kind():
     assert kinds["transformer.wpe.weight"] == kinds["transformer.h.1.mlp.c_fc.weight"] == "weight"
     assert kinds["transformer.h.0.attn.c_attn.bias"] == "bias"
     assert declared["transformer.h.0.attn.c_proj.weight"].owner.neuron_axis == "cols"
-    assert {n for n, _ in model.named_parameters() if classify(n)} == set(declared)
-    assert all(classify(n) == k for n, k in kinds.items())
-    assert classify("transformer.h.7.mlp.c_fc.weight") == "weight" and classify("bigram_table") is None
+    assert {n for n, _ in model.named_parameters() if param_kind(n)} == set(declared)
+    assert all(param_kind(n) == k for n, k in kinds.items())
+    assert param_kind("transformer.h.7.mlp.c_fc.weight") == "weight" and param_kind("bigram_table") is None
 
 
 def test_schedule_writes_k_into_the_layers_and_sparse_adamw_reads_it():

@@ -81,13 +81,13 @@ def _is_main_rank() -> bool:
 def run_info(run_dir: Path) -> dict:
     """Per-tensor shapes, budgets k and nonzero counts of a run, plus totals."""
     from ..checkpoint import load_run
-    from ..sparsity.params import classify
+    from ..model import param_kind
     run = load_run(run_dir)
     ks = run.state.get("ks", {})
     rows = []
     for name, p in run.model.named_parameters():
         rows.append({"name": name, "shape": list(p.shape), "numel": p.numel(), "k": ks.get(name),
-                     "kind": classify(name) if name in ks else "dense",
+                     "kind": param_kind(name) if name in ks else "dense",
                      "nonzero": int(torch.count_nonzero(p))})
     sparse = [r for r in rows if r["k"] is not None]
     return {

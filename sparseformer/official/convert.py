@@ -19,8 +19,7 @@ from torch import nn
 from .. import checkpoint as ckpt
 from ..config import ModelConfig, RunConfig, SparsityConfig, TrainConfig
 from ..errors import CheckpointError, DataError
-from ..model import GPT
-from ..sparsity.params import classify
+from ..model import GPT, param_kind
 from .config import CONFIG_FILE, from_model_config, to_model_config
 from .datagym import ENCODER_FILE, MERGES_FILE, has_datagym_files, read_datagym, write_datagym
 from .weights import (WEIGHTS_FILE, WPE, check_tensors, densify, from_official_name, is_all_zero, read_weights,
@@ -100,7 +99,7 @@ def _find_tokenizer(src: Path, tokenizer_dir, cfg: ModelConfig):
 
 def nonzero_ks(model: nn.Module) -> dict[str, int]:
     """Nonzero count of every tensor of a sparse kind: its top-k budget in an imported run."""
-    return {n: int(torch.count_nonzero(p)) for n, p in model.named_parameters() if classify(n) is not None}
+    return {n: int(torch.count_nonzero(p)) for n, p in model.named_parameters() if param_kind(n) is not None}
 
 
 def _run_config(mcfg: ModelConfig, model: nn.Module, ks: dict[str, int]) -> RunConfig:
@@ -108,7 +107,7 @@ def _run_config(mcfg: ModelConfig, model: nn.Module, ks: dict[str, int]) -> RunC
     counts: dict[str, list[int]] = {"weight": [0, 0], "other": [0, 0]}
     for n, p in model.named_parameters():
         if n in ks:
-            c = counts["weight" if classify(n) == "weight" else "other"]
+            c = counts["weight" if param_kind(n) == "weight" else "other"]
             c[0] += ks[n]
             c[1] += p.numel()
     frac = {k: max(nz, 1) / max(total, 1) for k, (nz, total) in counts.items()}

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
-from ..sparsity.params import classify
+from ..model import param_kind
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,6 @@ def to_official(state: dict[str, Tensor], cfg: ModelConfig, layouts: dict[str, d
         if mode == "original":
             coo = layouts.get(key, {}).get("layout") == "coo"
         else:
-            coo = mode == "coo" and classify(from_official_name(key)) is not None and _coo_pays(t)
+            coo = mode == "coo" and param_kind(from_official_name(key)) is not None and _coo_pays(t)
         out[key] = t.to_sparse() if coo else t.contiguous()
     return out

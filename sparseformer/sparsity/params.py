@@ -11,9 +11,6 @@ gains, sink logits, the bigram table, final_logits_bias. See docs/dropin.md for 
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
-
 from torch import nn
 
 from ..config import SparsityConfig
@@ -21,7 +18,7 @@ from ..errors import ConfigError
 from ..layers import SparseTensor, sparse_tensors
 from .schedule import embed_density, k_for, weight_density
 
-__all__ = ["check_protection", "classify", "configure", "density_for", "param_groups", "write_ks"]
+__all__ = ["check_protection", "configure", "density_for", "param_groups", "write_ks"]
 
 NO_DECAY = ("bigram_table",)        # >= 2-D parameters that are not decayed
 
@@ -85,23 +82,3 @@ def check_protection(tensors: list[SparseTensor], cfg: SparsityConfig) -> None:
         if j * neurons > k:
             raise ConfigError(f"sparsity.protect_per_neuron={j} needs {j * neurons} entries in {t.name} but its "
                               f"final budget is k={k}; lower protect_per_neuron or raise weight_density")
-
-
-@lru_cache(maxsize=1)
-def _gpt_kinds() -> dict[str, str]:
-    """Kind of every sparse-capable GPT parameter, layer numbers written '*', read from a small GPT's layers."""
-    from ..config import ModelConfig
-    from ..model import GPT
-    cfg = ModelConfig(vocab_size=8, n_layer=1, d_model=8, n_head=2, d_head=4, d_mlp=8, block_size=4, bias=True,
-                      learned_pos_emb=True)
-    return {_pattern(t.name): t.kind for t in sparse_tensors(GPT(cfg), declared=True)}
-
-
-def _pattern(name: str) -> str:
-    return re.sub(r"\.\d+\.", ".*.", name)
-
-
-def classify(name: str) -> str | None:
-    """The sparsity kind of a GPT parameter name ("weight", "embed", "bias"), or None for tensors that are
-    never sparse; for code that has names but no model (checkpoint files, the official format)."""
-    return _gpt_kinds().get(_pattern(name))

@@ -14,8 +14,9 @@ from .dataset import (MAX_LEN, PAD_ID, TaskBatch, encode_pairs, first_token, mak
 from .evaluate import evaluate, evaluate_batch, task_logits, task_loss
 from .jsonl import load_jsonl_task, write_jsonl
 from .loss import contrast_accuracy, contrast_correct, contrast_loss, contrast_losses
-from .registry import (BUILTIN_TASKS, Pair, Task, get_task, list_tasks, register_task, resolve_task, resolve_tasks,
+from .registry import (BUILTIN_TASKS, get_task, list_tasks, register_task, resolve_task, resolve_tasks,
                        unregister_task)
+from .task import Pair, Task
 
 __all__ = [
     "BUILTIN_TASKS", "MAX_LEN", "PAD_ID", "Pair", "Task", "TaskBatch", "contrast_accuracy", "contrast_correct",

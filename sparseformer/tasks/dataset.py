@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import TaskError
-from .registry import Pair, Task
+from .task import Pair, Task
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..data._atomic import atomic_write_text
 from ..errors import TaskError
-from .registry import Pair, Task
+from .task import Pair, Task
 
 FIELDS = ("prompt_a", "target_a", "prompt_b", "target_b")
 _SHAPE = "each line must be a JSON object with string fields " + ", ".join(FIELDS)

@@ -14,7 +14,7 @@ from sparseformer.config import SWEEP_SITES, ModelConfig, RunConfig, TrainConfig
 from sparseformer.hooks import record
 from sparseformer.model import GPT
 from sparseformer.official import export_official, import_official, load_official
-from sparseformer.sparsity.params import classify
+from sparseformer.model import param_kind
 
 ALL_SITES = "attn_in,attn_out,mlp_in,mlp_out,mlp_neuron,attn_v,attn_k,attn_q"
 IGNORED_EXTRAS = dict(pfrac=0.125, expansion_factor=1, expansion_factor_mlp=1, bigram_table_rank=None,
@@ -107,7 +107,7 @@ def test_info_shows_current_nonzero_count_as_k(imported):
     info = run_info(run_dir)
     assert info["preset"] == "official" and info["all_at_k"]
     sparse = [r for r in info["tensors"] if r["k"] is not None]
-    assert {r["name"] for r in sparse} == {r["name"] for r in info["tensors"] if classify(r["name"])}
+    assert {r["name"] for r in sparse} == {r["name"] for r in info["tensors"] if param_kind(r["name"])}
     assert sparse and all(r["k"] == r["nonzero"] for r in sparse)
 
 
@@ -120,7 +120,7 @@ def test_export_modes_dense_and_coo(imported, tmp_path):
         for key, t in written.items():
             dense = t.to_dense() if t.is_sparse else t
             b = back[key]
-            if mode == "dense" or classify(key.replace(".attn_imp.", ".")) is None:
+            if mode == "dense" or param_kind(key.replace(".attn_imp.", ".")) is None:
                 assert b.layout == torch.strided, key
             else:   # COO exactly where it is smaller: int64 indices + values per nonzero vs the dense bytes
                 es = dense.element_size()
@@ -136,7 +136,7 @@ def test_a_model_trained_here_exports_to_the_official_forward(tmp_path, learned_
     model = GPT(mcfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if classify(name):
+            if param_kind(name):
                 p.mul_(torch.rand_like(p) < 0.3)
             if name.endswith("sink_logit"):
                 p.normal_()
