@@ -36,7 +36,7 @@ __all__ = ["build_formats"]
 
 @dataclass(frozen=True)
 class _Layout:
-    """Tables that depend only on the weights' shapes, layouts and caps (cached per signature)."""
+    """The tables of one call, per weight, per slot of `pos` and per pointer entry (see `_layout`)."""
     starts: list[int]       # first slot of each segment
     rp_at: list[int]        # first row-pointer entry of each weight in the shared pointer buffer
     tp_at: list[int]        # first column-pointer entry of each weight
@@ -59,43 +59,61 @@ class _Layout:
     any_transposed: bool
 
 
+_SHAPES: OrderedDict = OrderedDict()
 _LAYOUTS: OrderedDict = OrderedDict()
 
 
-def _layout(shapes: Sequence[tuple[int, int]], transposed: Sequence[bool], caps: Sequence[int],
-            device: torch.device) -> _Layout:
-    key = (tuple(shapes), tuple(transposed), tuple(caps), str(device))
-    hit = _LAYOUTS.get(key)
-    if hit is not None:
-        _LAYOUTS.move_to_end(key)
-        return hit
+def _cached(cache: OrderedDict, key, make, size: int):
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = make()
+        if len(cache) > size:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return hit
+
+
+def _shape_tables(shapes: tuple, transposed: tuple, device: torch.device) -> tuple:
+    """Per weight (one row each, on the device): N, K, storage row length, transposed, CSR and CSC key
+    bases, first row- and column-pointer entry; the pointer queries; the pointer starts on the host."""
     T = len(shapes)
     ns = torch.tensor([s[0] for s in shapes], dtype=torch.long)
     ks = torch.tensor([s[1] for s in shapes], dtype=torch.long)
-    tr = torch.tensor(list(transposed), dtype=torch.bool)
-    cap = torch.tensor(list(caps), dtype=torch.long)
-    starts = torch.cumsum(cap, 0) - cap
+    tr = torch.tensor(transposed, dtype=torch.long)
     rbase = _exclusive(ns * ks + ks + 1)          # room for the keys of the real entries and the filler
     cbase = _exclusive((ks + 1) * (ns + 1))
     rp_at, tp_at = _exclusive(ns + 1), _exclusive(ks + 1)
+    tab = torch.stack([ns, ks, torch.where(tr != 0, ns, ks).clamp(min=1), tr, rbase, cbase, rp_at, tp_at], 1)
     tid = torch.arange(T)
-    seg = torch.repeat_interleave(tid, cap)
     rq_seg = torch.repeat_interleave(tid, ns + 1)
     cq_seg = torch.repeat_interleave(tid, ks + 1)
     rq = rbase[rq_seg] + (torch.arange(rq_seg.numel()) - rp_at[rq_seg]) * ks[rq_seg]
     cq = cbase[cq_seg] + (torch.arange(cq_seg.numel()) - tp_at[cq_seg]) * (ns[cq_seg] + 1)
-    minor = torch.where(tr, ns, ks).clamp(min=1)
-    dev = lambda t: t.to(device)  # noqa: E731
-    out = _Layout(starts=starts.tolist(), rp_at=rp_at.tolist(), tp_at=tp_at.tolist(), seg=dev(seg),
-                  local=dev(torch.arange(seg.numel()) - starts[seg]), start_s=dev(starts[seg]), n_s=dev(ns[seg]),
-                  k_s=dev(ks[seg]), minor_s=dev(minor[seg]), tr_s=dev(tr[seg]), rbase_s=dev(rbase[seg]),
-                  cbase_s=dev(cbase[seg]), rp_at_s=dev(rp_at[seg]), tp_at_s=dev(tp_at[seg]), rq=dev(rq),
-                  rq_seg=dev(rq_seg), cq=dev(cq), cq_seg=dev(cq_seg), starts_dev=dev(starts),
-                  any_transposed=bool(tr.any()))
-    _LAYOUTS[key] = out
-    if len(_LAYOUTS) > 8:
-        _LAYOUTS.popitem(last=False)
-    return out
+    return (tuple(x.to(device) for x in (tab, rq, rq_seg, cq, cq_seg)), rp_at.tolist(), tp_at.tolist())
+
+
+def _layout(shapes: Sequence[tuple[int, int]], transposed: Sequence[bool], caps: Sequence[int],
+            device: torch.device) -> _Layout:
+    """The tables of one call: those of the shapes (cached while the weights keep their shapes) and the
+    per-slot ones of these caps (built on the device, kept while the caps stay: after the anneal, every step)."""
+    shapes, transposed, caps = tuple(shapes), tuple(bool(x) for x in transposed), tuple(caps)
+    (tab, rq, rq_seg, cq, cq_seg), rp_at, tp_at = _cached(_SHAPES, (shapes, transposed, str(device)),
+                                                         lambda: _shape_tables(shapes, transposed, device), 8)
+
+    def make() -> _Layout:
+        T, U = len(shapes), sum(caps)
+        starts = [sum(caps[:t]) for t in range(T)]
+        small = torch.tensor([caps, starts], dtype=torch.long).to(device)
+        seg = torch.repeat_interleave(torch.arange(T, device=device), small[0], output_size=U)
+        col = tab[seg].unbind(1)
+        start_s = small[1][seg]
+        return _Layout(starts=starts, rp_at=rp_at, tp_at=tp_at, seg=seg,
+                       local=torch.arange(U, device=device) - start_s, start_s=start_s, n_s=col[0], k_s=col[1],
+                       minor_s=col[2], tr_s=col[3] != 0, rbase_s=col[4], cbase_s=col[5], rp_at_s=col[6],
+                       tp_at_s=col[7], rq=rq, rq_seg=rq_seg, cq=cq, cq_seg=cq_seg, starts_dev=small[1],
+                       any_transposed=any(transposed))
+
+    return _cached(_LAYOUTS, (shapes, transposed, caps, str(device)), make, 1)      # U-sized: keep one
 
 
 def _exclusive(x: Tensor) -> Tensor:
@@ -192,5 +210,6 @@ def _build_ells(sws: list[SparseWeight], ell: Sequence[tuple[bool, ...]], L: _La
                 sw, b = sws[t], base[(t, o)]
                 p = sw.shape[1] if o else sw.shape[0]
                 slots = sw.max_col_nnz if o else sw.max_row_nnz
-                sw._ell[o] = Ell(col=col_buf[b:b + slots * p].view(slots, p), src=src_buf[b:b + slots * p].view(slots, p),
+                e = b + slots * p
+                sw._ell[o] = Ell(col=col_buf[b:e].view(slots, p), src=src_buf[b:e].view(slots, p),
                                  row_len=row_len[at[t]:at[t] + p], slots=slots)

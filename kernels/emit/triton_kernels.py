@@ -76,8 +76,8 @@ def positions_triton(g: Group, seg_start: list[int], caps: list[int], out: torch
         return
     cnt = torch.empty(P, dtype=torch.int32, device=dev)
     bits = torch.empty(P, WORDS, dtype=torch.int32, device=dev)
-    _emit_count_kernel[(P,)](g.prog_tid, g.prog_start, g.base, g.meta, cnt, bits, WIDEN=g.base.element_size() < 4, BLOCK=BLOCK, WORDS=WORDS,
-                             num_warps=NUM_WARPS)
+    _emit_count_kernel[(P,)](g.prog_tid, g.prog_start, g.base, g.meta, cnt, bits, WIDEN=g.base.element_size() < 4,
+                             BLOCK=BLOCK, WORDS=WORDS, num_warps=NUM_WARPS)
     nblk = [(s.numel() + BLOCK - 1) // BLOCK for s in g.storage]
     first = list(accumulate([0] + nblk[:-1]))
     T = len(nblk)
