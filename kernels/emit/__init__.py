@@ -47,16 +47,17 @@ def emit_formats(weights: Sequence[Tensor], caps: Sequence[int], *, ell: Sequenc
         raise ValueError("emit_formats: every weight of one call must be on one device")
     caps = [max(0, min(int(c), w.numel())) for c, w in zip(caps, weights)]
     starts = [sum(caps[:i]) for i in range(len(caps))]
-    pos = torch.zeros(sum(caps), dtype=torch.long, device=dev)
-    nnz = torch.zeros(len(weights), dtype=torch.long, device=dev)
     kind = resolve("emit_formats", dev, backend, has_cuda_op=False)
-    if kind == "torch":
-        transposed = [False] * len(weights)
-        _positions_torch(weights, starts, caps, pos, nnz)
-    else:
-        transposed = _positions_device(weights, starts, caps, pos, nnz)
-    return build_formats([tuple(w.shape) for w in weights], transposed, caps, pos, nnz,
-                         [tuple(e) for e in ell] if ell is not None else None)
+    with torch.profiler.record_function("sparseformer::emit_formats"):      # bench/profile_step.py finds it
+        pos = torch.zeros(sum(caps), dtype=torch.long, device=dev)
+        nnz = torch.zeros(len(weights), dtype=torch.long, device=dev)
+        if kind == "torch":
+            transposed = [False] * len(weights)
+            _positions_torch(weights, starts, caps, pos, nnz)
+        else:
+            transposed = _positions_device(weights, starts, caps, pos, nnz)
+        return build_formats([tuple(w.shape) for w in weights], transposed, caps, pos, nnz,
+                             [tuple(e) for e in ell] if ell is not None else None)
 
 
 def _positions_torch(weights: list[Tensor], starts: list[int], caps: list[int], pos: Tensor, nnz: Tensor) -> None:

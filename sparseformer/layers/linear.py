@@ -89,7 +89,8 @@ class SparseProduct(SparseOwner):
 
     def handed_format(self) -> SparseWeight | None:
         """The handed-over format while it still describes the weight, else None (and it is dropped)."""
-        if self._handed is not None and self._handed_key != _support_key(self.weight_out_in()):
+        key = _support_key(self.weight_out_in())
+        if self._handed is not None and (key is None or key != self._handed_key):
             self._handed, self._handed_key = None, None
         return self._handed
 
