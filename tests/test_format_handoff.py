@@ -136,3 +136,63 @@ def test_training_gives_the_same_bytes_with_and_without_the_hand_off(compacts):
     assert params.keys() == params0.keys()
     for n in params:
         assert torch.equal(params[n], params0[n]), n
+
+
+def _fwd_bwd(layer, x):
+    """Output, input gradient and weight gradient of one forward and backward (the layer's grads cleared)."""
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(7)))
+    out = y.detach(), x.grad, layer.weight.grad.clone()
+    layer.zero_grad(set_to_none=True)
+    return out
+
+
+@pytest.mark.parametrize("kw", [dict(k=10), dict(k=30, method="ell", backend="triton")], ids=["coo", "ell"])
+def test_the_handed_format_gives_the_bytes_of_a_fresh_one(compacts, kw):
+    torch.manual_seed(3)
+    layer = SparseLinear(64, 48, **kw)
+    opt = SparseAdamW(layer.parameters(), lr=1e-2)
+    _step(layer, opt, 1)
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(4))
+    handed = _fwd_bwd(layer, x)
+    assert len(compacts) == 1 and layer._plan.sw is layer.handed_format()        # no rebuild ...
+    layer.refresh()
+    fresh = _fwd_bwd(layer, x)
+    assert len(compacts) == 2 and layer.handed_format() is None                 # ... here one
+    for a, b in zip(handed, fresh):
+        assert torch.equal(a, b)
+
+
+def _other_support(layer, seed):
+    """A weight of the layer's shape holding k entries at other places than the layer's."""
+    w = torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(seed))
+    w[layer.weight != 0] = 0
+    keep = w.abs().flatten().topk(layer.k).indices
+    return torch.zeros(w.numel()).index_copy_(0, keep, w.flatten()[keep]).view_as(w)
+
+
+@pytest.mark.parametrize("change", ["other optimizer", "load_state_dict", "new storage"])
+def test_a_weight_changed_by_other_means_is_not_read_through_a_stale_format(compacts, change):
+    layer = SparseLinear(64, 48, k=10)
+    opt = SparseAdamW(layer.parameters(), lr=1e-2)
+    _step(layer, opt, 1)
+    stale = layer.handed_format()
+    assert stale is not None
+    new = _other_support(layer, 5)
+    if change == "other optimizer":                # an in-place step of another optimizer on the same weight
+        layer.weight.grad = layer.weight.detach() - new
+        torch.optim.SGD([layer.weight], lr=1.0).step()
+        layer.weight.grad = None
+    elif change == "load_state_dict":
+        layer.load_state_dict({"weight": new, "bias": layer.bias.detach()})
+    else:
+        layer.weight.data = new.clone()
+    assert torch.equal(layer.weight, new)
+    x = torch.randn(16, 64)
+    with torch.no_grad():
+        y = layer(x)
+    assert layer.handed_format() is None and layer._plan.sw is not stale
+    assert len(compacts) == 2 and layer._plan.fwd == "coo"      # a format rebuilt from the new weight
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, new, layer.bias))
+    assert torch.equal(layer._plan.sw.col, compact(new).col)
