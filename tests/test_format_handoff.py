@@ -18,6 +18,8 @@ from sparseformer.sparsity.optimizer import SparseAdamW
 from sparseformer.sparsity.params import configure, param_groups, write_ks
 from sparseformer.train import _lm_loss
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"      # the Triton layers: CPU tensors only when interpreted
+
 
 @pytest.fixture
 def compacts(monkeypatch):
@@ -45,7 +47,7 @@ def assert_same(sw, ref, ell=()):
 
 
 def _step(layer, opt, seed):
-    x = torch.randn(16, layer.in_features, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(16, layer.in_features, generator=torch.Generator().manual_seed(seed)).to(layer.weight.device)
     y = layer(x)
     y.square().sum().backward()
     opt.step()
@@ -97,7 +99,7 @@ def test_a_changed_weight_or_refresh_drops_the_handed_format(compacts):
 
 
 def test_padded_rows_come_with_the_format_when_the_plan_reads_them():
-    layer = SparseLinear(40, 24, k=30, method="ell", backend="triton", bias=False)
+    layer = SparseLinear(40, 24, k=30, method="ell", backend="triton", bias=False).to(DEV)
     opt = SparseAdamW(layer.parameters(), lr=1e-2)
     _step(layer, opt, 1)
     handed = layer.handed_format()
@@ -140,9 +142,9 @@ def test_training_gives_the_same_bytes_with_and_without_the_hand_off(compacts):
 
 def _fwd_bwd(layer, x):
     """Output, input gradient and weight gradient of one forward and backward (the layer's grads cleared)."""
-    x = x.clone().requires_grad_(True)
+    x = x.to(layer.weight.device, copy=True).requires_grad_(True)
     y = layer(x)
-    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(7)))
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y.device))
     out = y.detach(), x.grad, layer.weight.grad.clone()
     layer.zero_grad(set_to_none=True)
     return out
@@ -151,7 +153,7 @@ def _fwd_bwd(layer, x):
 @pytest.mark.parametrize("kw", [dict(k=10), dict(k=30, method="ell", backend="triton")], ids=["coo", "ell"])
 def test_the_handed_format_gives_the_bytes_of_a_fresh_one(compacts, kw):
     torch.manual_seed(3)
-    layer = SparseLinear(64, 48, **kw)
+    layer = SparseLinear(64, 48, **kw).to(DEV if "backend" in kw else "cpu")
     opt = SparseAdamW(layer.parameters(), lr=1e-2)
     _step(layer, opt, 1)
     x = torch.randn(16, 64, generator=torch.Generator().manual_seed(4))

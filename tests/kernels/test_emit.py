@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from sparseformer.kernels import compact, emit_formats, project_topk_, protect_view
 
 BACKENDS = ["torch", "triton"]
+DEV = "cuda" if torch.cuda.is_available() else "cpu"      # Triton runs CPU tensors only under the interpreter
 INDEX_FIELDS = ("row_ptr", "row", "col", "row32", "col32", "t_ptr", "t_row32", "t_col32", "t_perm")
 
 
@@ -38,13 +39,13 @@ def _weight(n, k, content, layout, dtype, seed):
         w = torch.randint(-2, 3, (rows, cols), generator=g).float()
     else:
         w = torch.randn(rows, cols, generator=g)
+    w = w.to(DEV, dtype)                         # before the view, so every dtype keeps the layout
     w = w.t() if layout == "transposed" else (w[:, ::2] if layout == "strided" else w)
-    w = w.to(dtype)
     if content == "empty_lines" and n > 1 and k > 1:
         w[::2] = 0
         w[:, 1::3] = 0
     elif content == "skewed":                   # one full row among near-empty ones
-        w.mul_(torch.rand(n, k, generator=g) < 0.05)
+        w.mul_((torch.rand(n, k, generator=g) < 0.05).to(DEV))
         w[n // 2] = 1.0
     return w
 
@@ -77,7 +78,7 @@ def test_emit_equals_compact_after_a_projection(backend, specs, slack, seed):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_emit_counts_only_nonzero_survivors_and_checks_caps(backend):
     # k = all keeps zeros and -0.0 among the survivors: the format holds the non-zeros only
-    w = torch.tensor([[0.0, -0.0, 3.0], [1.0, 0.0, -2.0]])
+    w = torch.tensor([[0.0, -0.0, 3.0], [1.0, 0.0, -2.0]], device=DEV)
     sw = emit_formats([w], [6], ell=[(False, True)], backend=backend)[0]
     assert_same(sw, compact(w), (False, True))
     assert sw.nnz == 3
@@ -99,6 +100,7 @@ def test_emit_float64_and_a_mixed_dtype_call_on_triton():
     g = torch.Generator().manual_seed(5)
     ws = [torch.randn(13, 21, generator=g, dtype=torch.float64), torch.randn(30, 7, generator=g).bfloat16(),
           torch.randn(4, 33, generator=g)]
+    ws = [w.to(DEV) for w in ws]
     ws[0][ws[0].abs() < 1.0] = 0
     ws[0][0, 0] = 1e-300                  # below float32's range: still a non-zero
     ws[1][ws[1].abs() < 0.5] = 0
