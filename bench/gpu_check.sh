@@ -140,7 +140,7 @@ if [ "$HAS_GPU" = "1" ]; then
   # build_ext; the new kernels' tests first
   step tests "$(cap "$(capof tests 110)" 10)" env HYPOTHESIS_PROFILE=gpu_check SPARSEFORMER_AUTOTUNE=0 \
     $PY -m pytest -q -p no:cacheprovider --durations=5 tests/kernels/test_abstopk.py tests/kernels \
-    tests/test_optimizer.py -m "not slow" -k "not nvcc"
+    tests/test_optimizer.py tests/test_format_handoff.py -m "not slow" -k "not nvcc"
 else
   say "no CUDA device here: CPU part only (install, the new kernels' CPU tests, the tiny-preset profile)"
   step tests_cpu "$(cap 120)" $PY -m pytest -q -p no:cacheprovider tests/kernels/test_abstopk.py tests/bench
