@@ -16,7 +16,11 @@ torch.sum over the same bytes), and the speedup over per-tensor torch.topk. Prov
 torch.topk and torch.kthvalue projections, project_topk_ per backend (cold = no TopkState; warm = a state
 from the previous call), the torch kernel set driven through the phases (the path a multi-rank projection
 takes; "phases", CPU only), torch's fused Adam alone, and SparseAdamW per backend without projection
-(k=None), with projection, and with projection + the paper's per-neuron protection (j=4).
+(k=None), with projection, and with projection + the paper's per-neuron protection (j=4). Then the formats
+the next step's sparse products read, for the weight matrices of the set: compact() per weight (the rebuild a
+layer does when nothing hands it a format) against one emit_formats call for all of them (what SparseAdamW
+hands the layers, docs/sparse-matmul.md), each with and without the padded rows (ELL), and the projection
+followed by the emit (--no-formats skips them).
 
 Parameter sets (the paper's model shapes and density rule, Gao et al. 2025): per layer c_attn [3d, d] + bias, attn c_proj [d, d] + bias, c_fc [4d, d]
 + bias, mlp c_proj [d, 4d] + bias; wte and lm_head [vocab=2048, d]. Densities: weights 1/64 (the train.py
@@ -37,7 +41,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import env_header, guarded, time_ms, write_results  # noqa: E402
 
-from sparseformer.kernels import TopkState, available, project_topk_  # noqa: E402
+from sparseformer.kernels import TopkState, available, compact, emit_formats, project_topk_  # noqa: E402
 from sparseformer.kernels.topk import Comm, Target, project_, project_topk_sharded_, protect_view  # noqa: E402
 from sparseformer.sparsity.optimizer import SparseAdamW  # noqa: E402
 
@@ -149,6 +153,66 @@ def bench_projection(preset, W: Weights, backends, device, rows):
                 r["speedup_vs_topk"] = topk_ms / r["net_ms"]
 
 
+def _same_format(a, b) -> bool:
+    """Emitted format a equals compact()'s b: counts, indices and the padded rows a holds."""
+    return (a.nnz, a.max_row_nnz, a.max_col_nnz) == (b.nnz, b.max_row_nnz, b.max_col_nnz) and all(
+        torch.equal(getattr(a, f), getattr(b, f)) for f in ("row_ptr", "col32", "t_ptr", "t_row32", "t_perm")) and all(
+        torch.equal(getattr(e, f), getattr(b.ell(o), f)) for o, e in a._ell.items() for f in ("col", "src", "row_len"))
+
+
+def _with_ell(sw):
+    for o in (False, True):
+        if sw.ell_fits(o):
+            sw.ell(o)
+    return sw
+
+
+def bench_formats(preset, W: Weights, backends, device, rows):
+    """The next step's formats of the weight matrices (not biases or embeddings, which no sparse product
+    reads): compact() per weight against one emit_formats call for all (with and without the padded rows
+    ELL reads), and the projection followed by the emit. Run after bench_projection (its floor and restore
+    rows); format rows are timed on projected weights, so they need no restore."""
+    at = [i for i, n in enumerate(W.names) if n.endswith(".weight")]
+    ws, ks = [W.tensors[i] for i in at], [W.ks[i] for i in at]
+    base = {"preset": preset, "tensors": len(ws), "params_M": sum(w.numel() for w in ws) / 1e6}
+    mine = {r["provider"]: r for r in rows if r.get("preset") == preset}
+    floor_ms, restore_ms = mine["one-read floor (sum)"].get("median_ms"), mine["restore (copy)"].get("median_ms")
+    # the weights' share of the one-read floor (a read is bandwidth-bound: time in proportion to bytes)
+    w_floor = floor_ms * sum(w.numel() for w in ws) / W.flat.numel() if floor_ms else None
+    W.restore()
+    project_topk_(W.tensors, W.ks, backend="torch")
+    ref = [compact(w) for w in ws]
+    ell = [(False, True)] * len(ws)
+
+    def timed(name, fn, check, net_of=0.0, floor=w_floor, **over):
+        def go():
+            out = dict(time_ms(fn, device), exact=check())
+            out["net_ms"] = out["median_ms"] - net_of
+            if floor:
+                out["x_floor"] = out["net_ms"] / floor
+            return out
+        rows.append(guarded(dict(base, provider=name, **over), go))
+
+    timed("format: compact() per weight", lambda: [compact(w) for w in ws], lambda: None)
+    timed("format: compact()+ell per weight", lambda: [_with_ell(compact(w)) for w in ws], lambda: None)
+    emitters = [b for b in backends if b != "cuda"]       # a forced "cuda" emit runs the Triton kernels
+    for e in emitters:
+        same = lambda e=e: all(map(_same_format, emit_formats(ws, ks, ell=ell, backend=e), ref))  # noqa: E731
+        timed(f"format: emit_formats[{e}] all weights", lambda e=e: emit_formats(ws, ks, backend=e), same)
+        timed(f"format: emit_formats[{e}]+ell all weights", lambda e=e: emit_formats(ws, ks, ell=ell, backend=e),
+              same)
+    for b in backends:
+        e = b if b in emitters else emitters[-1]
+
+        def project_emit(b=b, e=e):
+            project_topk_(W.tensors, W.ks, backend=b)
+            return emit_formats(ws, ks, backend=e)
+        timed(f"project_topk_[{b}] + emit_formats[{e}]", lambda f=project_emit: (W.restore(), f()),
+              lambda f=project_emit: (W.restore(), all(map(_same_format, f(), ref)))[1],
+              net_of=restore_ms or 0.0, floor=floor_ms, tensors=len(W.tensors), params_M=W.flat.numel() / 1e6)
+    W.restore()
+
+
 def bench_optimizer(preset, specs, backends, device, rows):
     base = {"preset": preset, "tensors": len(specs)}
     ps = [torch.nn.Parameter(torch.randn(s, device=device) * 0.02) for _, s, _, _ in specs]
@@ -247,6 +311,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="2 layers per preset")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-optimizer", action="store_true", help="skip the SparseAdamW rows")
+    ap.add_argument("--no-formats", action="store_true", help="skip the format rows (compact vs emit_formats)")
     ap.add_argument("--note", action="append", default=[], help="a line for the notes (repeatable)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--ranks", type=int, default=0, help="report the projection across this many simulated ranks")
@@ -265,6 +330,24 @@ def main(argv=None):
              "net_ms = median - restore (copy of the dense weights before each projection call)",
              "x_floor = net_ms / one-read floor; speedup_vs_topk = torch.topk net_ms / net_ms; "
              "x_adam = SparseAdamW step / torch fused Adam step"] + list(args.note)
+    columns = ["preset", "provider", "params_M", "median_ms", "net_ms", "x_floor", "speedup_vs_topk", "x_adam",
+               "p20_ms", "p80_ms", "exact", "error"]
+    title, stem = "Top-k projection and SparseAdamW step", "topk"
+    if args.ranks:
+        columns = ["preset", "provider", "tensors", "params_M", "passes", "reduce_calls", "reduce_kB", "gather_calls",
+                   "gather_kB", "total_kB", "same_on_all_ranks", "exact", "calls"]
+        title, stem = "Top-k projection across ranks: collectives per step", "topk_sharded"
+        notes = [f"{args.ranks} ranks simulated by threads on {device}, torch backend; bytes are what each rank "
+                 "sends (an all-gather receives ranks x that)"] + notes[3:]
+    else:
+        notes.append("format rows (the weight matrices only): x_floor = net_ms / the one-read floor scaled to "
+                     "their bytes; project + emit: net of restore, x_floor against the whole set's floor; exact = "
+                     "every emitted format equals compact()'s")
+    prefix = os.path.join(str(args.out), args.name or f"{stem}_{torch.device(device).type}")
+
+    def save() -> str:          # after every section: a bench cut off by its time cap keeps what it finished
+        return write_results(prefix, title, env_header(device), rows, columns, notes)
+
     for preset in presets:
         d_model, n_layer = PRESETS[preset]
         if layers is not None and preset != "tiny":
@@ -278,23 +361,17 @@ def main(argv=None):
               f"params on {device}", file=sys.stderr, flush=True)
         W = Weights(specs, device)
         bench_projection(preset, W, backends, device, rows)
-        del W
+        save()
         if not args.no_optimizer:
             bench_optimizer(preset, specs, backends, device, rows)
+            save()
+        if not args.no_formats:
+            bench_formats(preset, W, backends, device, rows)
+            save()
+        del W
         if device != "cpu":
             torch.cuda.empty_cache()
-    columns = ["preset", "provider", "params_M", "median_ms", "net_ms", "x_floor", "speedup_vs_topk", "x_adam",
-               "p20_ms", "p80_ms", "exact", "error"]
-    title, stem = "Top-k projection and SparseAdamW step", "topk"
-    if args.ranks:
-        columns = ["preset", "provider", "tensors", "params_M", "passes", "reduce_calls", "reduce_kB", "gather_calls",
-                   "gather_kB", "total_kB", "same_on_all_ranks", "exact", "calls"]
-        title, stem = "Top-k projection across ranks: collectives per step", "topk_sharded"
-        notes = [f"{args.ranks} ranks simulated by threads on {device}, torch backend; bytes are what each rank "
-                 "sends (an all-gather receives ranks x that)"] + notes[3:]
-    prefix = os.path.join(str(args.out), args.name or f"{stem}_{torch.device(device).type}")
-    md = write_results(prefix, title, env_header(device), rows, columns, notes)
-    print(md)
+    print(save())
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ if [ "$HAS_GPU" = "1" ]; then
   bench bench_abstopk "$(capof bench_abstopk 60)"      # AbsTopK kernel vs torch.topk (~25 s)
   bench profile_step "$(capof profile_step 90)"        # the step by category, ours and paper (~50 s)
   bench bench_spmm "$(capof bench_spmm 90)"            # fwd/dX both orientations, roofline, format build
-  bench bench_topk "$(capof bench_topk 60)"            # SparseAdamW (+protection) vs fused Adam, projection
+  bench bench_topk "$(capof bench_topk 75)"            # SparseAdamW (+protection) vs fused Adam, projection,
+                                                       # then the format emit vs compact (~15 s, kept if cut)
   bench bench_train_step "$(capof bench_train_step 70)"   # the step vs the paper way (~35 s)
 
   # ---------------------------------------------------------------- HOOKS: at most 60 s together
@@ -139,7 +140,7 @@ if [ "$HAS_GPU" = "1" ]; then
   # build_ext; the new kernels' tests first
   step tests "$(cap "$(capof tests 110)" 10)" env HYPOTHESIS_PROFILE=gpu_check SPARSEFORMER_AUTOTUNE=0 \
     $PY -m pytest -q -p no:cacheprovider --durations=5 tests/kernels/test_abstopk.py tests/kernels \
-    tests/test_optimizer.py -m "not slow" -k "not nvcc"
+    tests/test_optimizer.py tests/test_format_handoff.py -m "not slow" -k "not nvcc"
 else
   say "no CUDA device here: CPU part only (install, the new kernels' CPU tests, the tiny-preset profile)"
   step tests_cpu "$(cap 120)" $PY -m pytest -q -p no:cacheprovider tests/kernels/test_abstopk.py tests/bench

@@ -12,7 +12,8 @@ verdict), the per-product table behind the first goals and the AbsTopK rows. The
   products    forward and dX at density 1/1024: our best method at >= 50% of the roofline ideal; the
               dispatcher's pick never slower than cuBLAS on the masked weight (within NOISE); at 1/256
               and d_model 2048 our best method faster than cuBLAS
-  format      building the format for the next step: at most one read of the weight
+  format      building the format for the next step: at most one read of the weight (per weight: compact,
+              bench_spmm; all weight matrices of the d_model 2048 set in one emit_formats call, bench_topk)
   optimizer   SparseAdamW with projection at most 1.3x torch's fused Adam, without and with per-neuron
               protection; the projection alone at most 3x its one-read floor
   outside     everything outside the matmuls at most 25% of our step (profile)
@@ -141,6 +142,23 @@ def format_goal(spmm: dict | None) -> list[dict]:
     return out
 
 
+def emit_goal(topk: dict | None) -> list[dict]:
+    """One emit_formats call for every weight matrix of the d_model 2048 set (what SparseAdamW hands the layers)
+    against one read of those weights, with and without the padded rows; the best device backend of each."""
+    rows = [r for r in (topk or {}).get("rows", []) if r.get("preset") == "d2048" and r.get("x_floor") is not None
+            and r.get("provider", "").startswith("format: emit_formats[") and "[torch]" not in r["provider"]]
+    out = []
+    for ell, label in ((False, ""), (True, " with padded rows (ELL)")):
+        sel = [r for r in rows if r["provider"].split()[1].endswith("+ell") == ell]
+        best = min(sel, key=lambda r: r["x_floor"]) if sel else None
+        out.append(dict(goal=f"format for the next step{label}: one emit for all d_model 2048 weight matrices",
+                        target="<= 1x one read of the weights",
+                        measured=f"{best['x_floor']:.1f}x ({best['net_ms']:.3g} ms, {best['provider']}"
+                                 f"{'' if best.get('exact') else ', NOT equal to compact'})" if best else "",
+                        verdict=_verdict(best["x_floor"] <= 1 and bool(best.get("exact")) if best else None)))
+    return out
+
+
 def optimizer_goals(topk: dict | None) -> list[dict]:
     """SparseAdamW (+ projection, + protection) vs fused Adam; the projection alone vs its one-read floor."""
     rows = [r for r in (topk or {}).get("rows", []) if r.get("preset") == "d2048"]
@@ -213,7 +231,7 @@ def report(sources) -> tuple[dict, str]:
     docs = load(sources)
     spmm = docs.get("bench_spmm")
     table, goals = products(spmm)
-    goals += format_goal(spmm) + optimizer_goals(docs.get("bench_topk"))
+    goals += format_goal(spmm) + emit_goal(docs.get("bench_topk")) + optimizer_goals(docs.get("bench_topk"))
     goals += outside_goal(docs.get("profile_step")) + step_goal(docs.get("bench_train_step"))
     md = ["# GPU goals", "", f"- from: {', '.join(os.path.relpath(s) for s in sources)}"]
     md += [f"- {name}: {_where(docs.get(name))}" for name in BENCHES]

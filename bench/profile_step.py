@@ -10,7 +10,8 @@ launched it) is put in one category:
 
   forward and dX products   matmuls of the linears in the forward pass, and their dX in the backward
   dW products               the weight (and bias) gradients of the linears: a matmul that sums over tokens
-  format build              what a sparse linear does outside its product: density, plan, sparse format
+  format build              what a sparse linear does outside its product: density, plan, sparse format;
+                            and the optimizer's batched emit of the next step's formats (kernels.emit_formats)
   AbsTopK                   the activation top-k and its masked backward
   attention                 scaled dot-product attention and its head reshapes
   norms and elementwise     RMSNorm, GELU, residual adds (forward and backward)
@@ -153,6 +154,8 @@ def _is_dw(ev, kernel: str | None, tokens: int) -> bool:
 def classify(ev, kernel: str | None, fwd_labels: dict, tokens: int) -> str:
     """The category of op `ev` (or of the kernel it launched)."""
     names = _chain(ev)
+    if "sparseformer::emit_formats" in names:
+        return "format build"
     if "step::optimizer" in names:
         return "projection + Adam"
     node = next((n for n in names if n.startswith(BACKWARD)), None)

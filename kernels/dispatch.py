@@ -31,6 +31,7 @@ CUDA_OPS: dict[str, tuple[str, ...]] = {
     "project_topk_sharded_": _TOPK,
     "sparse_adamw_step_": ("adamw",) + _TOPK,
     "spmm": (),
+    "emit_formats": (),
 }
 
 

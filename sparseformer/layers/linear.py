@@ -12,9 +12,16 @@ every forward: one streaming pass over W (plus a device sync on a GPU when a spa
 caches the plan until the weight's version counter, storage, dtype or device changes: right for inference
 and for optimizers that bump the version; after other `.data` writes call `layer.refresh()`. In both modes
 values are read live: only the support is cached. The method is chosen from k / numel when k is set (no
-pass over W to measure the density), else from the measured density. Under torch.compile the products run
-as custom ops (sparseformer.kernels.spmm.ops) with the method chosen outside the graph, so a compiled model
-has no graph break and no host sync per forward; the "support" dW is eager-only.
+pass over W to measure the density), else from the measured density.
+
+Handed-over formats: SparseAdamW projects the weight itself, so after its step it builds the formats of
+all layers whose last plan read one in one batched call (kernels.emit_formats; `hand_off_formats` below)
+and hands each layer its own (`set_format`). The layer plans with that format instead of rebuilding one
+until the weight's version counter or storage changes, `refresh()` is called or the next step hands over
+another: code that changes the support through `.data` between steps calls `refresh()`, as in "version"
+mode. Under torch.compile the products run as custom ops (sparseformer.kernels.spmm.ops) with the method
+chosen outside the graph, so a compiled model has no graph break and no host sync per forward; the
+"support" dW is eager-only.
 """
 
 from __future__ import annotations
@@ -23,13 +30,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..kernels.spmm import DwPolicy, LinearPlan, choose_method, plan_linear, sparse_linear
+from ..kernels import SparseWeight, emit_formats
+from ..kernels.spmm import METHODS, DwPolicy, LinearPlan, choose_method, plan_linear, sparse_linear
 from ..kernels.spmm import ops as spmm_ops
 from ..kernels.spmm.autograd import compute_dtype
-from .owner import SparseOwner
+from .owner import SparseOwner, owner_of
 
-__all__ = ["SparseLinear", "SparseProduct"]
-
+__all__ = ["SparseLinear", "SparseProduct", "hand_off_formats"]
 
 
 @torch.compiler.assume_constant_result
@@ -56,15 +63,36 @@ class SparseProduct(SparseOwner):
         if refresh not in REFRESH_MODES:
             raise ConfigError(f"{type(self).__name__}: refresh={refresh!r} is unknown; choose one of {REFRESH_MODES}")
         self.__dict__.update(dw_policy=dw_policy, backend=backend, method=method, refresh_mode=refresh,
-                             _plan=None, _plan_key=None)
+                             _plan=None, _plan_key=None, _handed=None, _handed_key=None)
 
     def weight_out_in(self) -> Tensor:
         """The weight as [out, in] (a view; nn.Linear stores it so)."""
         return self.weight
 
     def refresh(self) -> None:
-        """Forget the cached sparse format; the next forward rebuilds it from the weight."""
+        """Forget the cached and the handed-over sparse format; the next forward rebuilds it from the weight."""
         self._plan, self._plan_key = None, None
+        self._handed, self._handed_key = None, None
+
+    def format_request(self) -> tuple[bool, ...] | None:
+        """What the next step's emitted format should hold: None when the last plan read no format (masked
+        dense, or no plan yet), else the padded-row orientations its methods read (False: W, True: W^T)."""
+        plan = self._plan
+        if plan is None or plan.sw is None:
+            return None
+        return tuple(o for name, o in ((plan.fwd, False), (plan.dx, True)) if METHODS[name].fmt == "ell")
+
+    def set_format(self, sw: SparseWeight) -> None:
+        """Hand over the format of the weight's current support (module docstring); the next plan uses it."""
+        self._handed, self._handed_key = sw, _support_key(self.weight_out_in())
+        self._plan_key = None             # replan at the next forward (the last plan says what to request)
+
+    def handed_format(self) -> SparseWeight | None:
+        """The handed-over format while it still describes the weight, else None (and it is dropped)."""
+        key = _support_key(self.weight_out_in())
+        if self._handed is not None and (key is None or key != self._handed_key):
+            self._handed, self._handed_key = None, None
+        return self._handed
 
     @property
     def density(self) -> float:
@@ -88,7 +116,8 @@ class SparseProduct(SparseOwner):
         key = (version, w.data_ptr(), w.dtype, w.device, cdt, self.dw_policy.mode, self.k)
         if self.refresh_mode == "always" or version is None or key != self._plan_key or self._plan is None:
             self._plan = plan_linear(w, dtype=cdt, backend=self.backend, method=self.method,
-                                     dw_mode=self.dw_policy.mode, density=self.known_density())
+                                     dw_mode=self.dw_policy.mode, density=self.known_density(),
+                                     sw=self.handed_format())
             self._plan_key = key
         return self._plan
 
@@ -164,6 +193,35 @@ class SparseLinear(SparseProduct, nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{nn.Linear.extra_repr(self)}, {self.sparse_repr()}"
+
+
+def _support_key(w: Tensor) -> tuple | None:
+    """What a handed-over format is valid for: the weight's version counter, storage, shape and dtype
+    (None for an inference tensor, which has no version counter: never matched)."""
+    try:
+        return (w._version, w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype, w.device)
+    except RuntimeError:
+        return None
+
+
+@torch.no_grad()
+def hand_off_formats(params: list[nn.Parameter], caps: list[int], backend: str | None = None) -> int:
+    """After a projection that left each of `params` with at most caps[i] non-zeros: build, in one
+    batched call, the formats of those whose owner's planned method reads one (`format_request`), and
+    hand each owner its own. Returns how many were handed over."""
+    owners, weights, keep, ell = [], [], [], []
+    for p, cap in zip(params, caps):
+        found = owner_of(p)
+        if found is None or found[1] != "weight" or not isinstance(found[0], SparseProduct):
+            continue
+        request = found[0].format_request()
+        if request is None:
+            continue
+        owners.append(found[0]), weights.append(found[0].weight_out_in().detach()), keep.append(cap)
+        ell.append(request)
+    for owner, sw in zip(owners, emit_formats(weights, keep, ell=ell, backend=backend)):
+        owner.set_format(sw)
+    return len(owners)
 
 
 def _share(src: nn.Linear, dst: nn.Linear) -> nn.Linear:

@@ -16,6 +16,10 @@ projects itself, the step hook that keeps k under other optimizers skips it (doc
 arithmetic lives in sparseformer.kernels.sparse_adamw_step_: on CPU the torch reference; on a GPU one fused
 pass for steps 1-2 (and the projection's first histogram, warm-started from the previous step's
 thresholds), then the batched projection.
+
+After the step, the weights whose layer last planned a sparse method (one that reads a format; masked
+dense reads none) get their format for the next forward in one batched call (`emit_formats=True`, the
+default; sparseformer.layers.linear.hand_off_formats), so those layers do not rebuild it from the weight.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 
 from .. import kernels
 from ..kernels.adamw import GRAD_RMS_EPS, AdamWTensor
+from ..layers.linear import hand_off_formats
 from ..layers.owner import budget_of
 
 __all__ = ["GRAD_RMS_EPS", "SparseAdamW"]
@@ -35,7 +40,7 @@ class SparseAdamW(torch.optim.Optimizer):
     projects_sparse_tensors = True      # the exact-k step hook leaves this optimizer's parameters alone
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 0.1, weight_decay: float = 0.0,
-                 grad_rms_norm: bool = True, backend: str | None = None):
+                 grad_rms_norm: bool = True, backend: str | None = None, emit_formats: bool = True):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"SparseAdamW: bad hyperparameters lr={lr} betas={betas} eps={eps}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, k=None, protect=None,
@@ -43,6 +48,7 @@ class SparseAdamW(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.grad_rms_norm = grad_rms_norm
         self.backend = backend
+        self.emit_formats = emit_formats
         self._topk_state = kernels.TopkState()       # warm start of the projection (device backends)
 
     @torch.no_grad()
@@ -51,17 +57,27 @@ class SparseAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._step(self._items())
+        params, items = self._collect()
+        self._step(items)
+        if self.emit_formats:
+            self._hand_off(params, items)
         return loss
+
+    def _hand_off(self, params: list, items: list[AdamWTensor]) -> None:
+        """Hand the layers the formats of their projected weights (module docstring). Parameters that are
+        one rank's part of a tensor (global_shape set) are left alone: their layers build their own."""
+        whole = [(p, it.k) for p, it in zip(params, items) if it.k is not None and it.global_shape is None]
+        if whole:
+            hand_off_formats([p for p, _ in whole], [k for _, k in whole], backend=self.backend)
 
     def _step(self, items: list[AdamWTensor]) -> None:
         """The arithmetic of one step over `items` (sparseformer.kernels.sparse_adamw_step_)."""
         kernels.sparse_adamw_step_(items, grad_rms_norm=self.grad_rms_norm, backend=self.backend,
                                    state=self._topk_state)
 
-    def _items(self) -> list[AdamWTensor]:
-        """One AdamWTensor per parameter with a gradient, its moments created on first use."""
-        items: list[AdamWTensor] = []
+    def _collect(self) -> tuple[list, list[AdamWTensor]]:
+        """The parameters with a gradient and one AdamWTensor each, its moments created on first use."""
+        params, items = [], []
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for i, p in enumerate(group["params"]):
@@ -85,12 +101,13 @@ class SparseAdamW(torch.optim.Optimizer):
                 name = name if len(group["params"]) == 1 else f"{name}[{i}]"      # for error messages
                 if k is not None:
                     kernels.protect_view(param, protect)        # validates the axis early
+                params.append(p)
                 items.append(AdamWTensor(
                     param=param, grad=grad, exp_avg=state["exp_avg"], exp_avg_sq=state["exp_avg_sq"],
                     step=int(state["step"]), lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
                     eps=float(group["eps"]), weight_decay=float(group["weight_decay"] or 0.0),
                     k=None if k is None else int(k), protect=protect, name=name, **where))
-        return items
+        return params, items
 
     def _local(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """The tensors this process steps for parameter `p` (its data and gradient), and where they sit

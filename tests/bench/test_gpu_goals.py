@@ -64,3 +64,18 @@ def test_reads_the_committed_h200_reports():
                 and c["density"] == 1 / 1024)
     assert case["best_method"] == "ell" and case["best_roofline"] == pytest.approx(0.318 / 1.7, rel=0.01)
     assert by_goal(doc["goals"], "training step")["verdict"] == "NOT met"
+
+
+def test_the_emit_goal_reads_the_batched_format_rows():
+    def row(provider, x, exact=True):
+        return dict(preset="d2048", provider=provider, net_ms=0.4 * x, x_floor=x, exact=exact)
+    topk = dict(rows=[row("format: emit_formats[torch] all weights", 0.1),            # the CPU path: not a goal
+                      row("format: emit_formats[triton] all weights", 0.8),
+                      row("format: emit_formats[triton]+ell all weights", 1.5),
+                      row("format: compact() per weight", 0.5)])
+    plain, ell = gpu_goals.emit_goal(topk)
+    assert plain["verdict"] == "met" and "0.8x" in plain["measured"] and "[triton] all" in plain["measured"]
+    assert ell["verdict"] == "NOT met" and "1.5x" in ell["measured"]
+    topk["rows"][1]["exact"] = False                # fast but wrong is not met
+    assert gpu_goals.emit_goal(topk)[0]["verdict"] == "NOT met"
+    assert {g["verdict"] for g in gpu_goals.emit_goal(None)} == {"not measured"}
