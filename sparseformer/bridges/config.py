@@ -15,11 +15,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ..checkpoint import BRIDGE_FILE, MODEL_FILE, checkpoint_file
+from ..checkpoint import BRIDGE_FILE, MODEL_FILE, checkpoint_file, read_json
 from ..errors import CheckpointError, ConfigError
-from ..runfiles import read_json
 
 BRIDGE_VERSION = 1
 
@@ -97,7 +95,3 @@ def check_dense_unchanged(info: BridgeInfo, dense_run: str | Path) -> None:
         raise CheckpointError(f"the dense run {dense_run} is not the one these bridges were trained against "
                               f"(its model.safetensors changed since step {info.dense_step} was bridged); "
                               f"bridge again with --force")
-
-
-def settings_dict(settings: BridgeSettings) -> dict[str, Any]:
-    return dataclasses.asdict(settings)

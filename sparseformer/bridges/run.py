@@ -13,11 +13,8 @@ other (prune, eval, the viewer read it) plus bridge.json and, in each checkpoint
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from .. import checkpoint as ckpt
 from ..config import RunConfig
@@ -27,8 +24,6 @@ from .config import BridgeInfo, BridgeSettings, check_dense_unchanged, model_sha
 from .modules import Bridges, bridge_sites
 from .objective import BRIDGES_MODULE, BridgeObjective
 from .table import final_metrics
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runfiles import read_metrics
+from ..checkpoint import read_metrics
 
 COLUMNS = (("nmse_enc", "NMSE enc d->s"), ("nmse_dec", "NMSE dec s->d"), ("kl_d2s", "KL d->s"),
            ("kl_s2d", "KL s->d"), ("ce_d2s", "CE d->s path"), ("ce_s2d", "CE s->d path"))

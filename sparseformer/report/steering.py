@@ -60,7 +60,8 @@ def read_steering(run_dir: str | Path, task: str) -> dict[str, dict]:
         try:
             curve = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path} is not a readable steering curve ({type(e).__name__}); steer again") from None
+            raise CheckpointError(f"{path} is not a readable steering curve ({type(e).__name__}); "
+                                  f"steer again") from None
         curves[curve["node"]] = curve
     return curves
 
