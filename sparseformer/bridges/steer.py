@@ -37,6 +37,7 @@ from ..errors import ConfigError
 from ..hooks import record, replace
 from ..prune.means import pretraining_batches
 from ..tasks import make_batch, max_prompt_len, resolve_task
+from ..prune.outputs import circuit_paths, read_circuit
 from ..tasks.dataset import TaskBatch
 from .run import Bridged
 
@@ -194,20 +195,22 @@ def _tokens(tokenizer, ids: Tensor) -> list[str]:
     return sorted({tokenizer.decode([int(t)]) for t in ids})
 
 
-def steerable(site: str) -> bool:
-    """Whether nodes of this site (`L.attn.act_in`, ...) carry a residual channel steering can map."""
-    name = site.partition(".")[2]
-    return name in READ_SITES or name in WRITE_SITES
+def steerable(site: str, n_layer: int) -> bool:
+    """Whether nodes of this site (`L.attn.act_in`, ...) carry a residual channel that a bridge maps."""
+    layer, _, name = site.partition(".")
+    last_write = name == "mlp.resid_delta" and layer.isdigit() and int(layer) + 1 >= n_layer
+    return (name in READ_SITES or name in WRITE_SITES) and not last_write
 
 
 def top_node(run_dir, task: str) -> str:
     """The steerable node of the run's circuit for `task` whose ablation from the circuit raises the task loss
     most (written by `prune`); ConfigError when there is no such circuit or node."""
-    from ..prune.outputs import circuit_paths, read_circuit
     path = circuit_paths(run_dir, task)[0]
     if not path.is_file():
         raise ConfigError(f"--node top needs the circuit of {task}: run `sparseformer prune {run_dir} --task {task}`")
-    nodes = [n for n in read_circuit(path).get("node_info", []) if steerable(n["site"]) and "." in n["site"]]
+    doc = read_circuit(path)
+    n_layer = int(doc.get("model", {}).get("n_layer", 0))
+    nodes = [n for n in doc.get("node_info", []) if steerable(n["site"], n_layer)]
     if not nodes:
         raise ConfigError(f"the circuit of {task} in {run_dir} has no residual read or write node to steer")
     best = max(nodes, key=lambda n: -math.inf if n.get("ablation_loss") is None else n["ablation_loss"])

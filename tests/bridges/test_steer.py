@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from sparseformer.bridges import BridgeInfo, Bridged, bridge, bridge_sites
 from sparseformer.bridges.objective import freeze
-from sparseformer.bridges.steer import parse_node, steering_curve
+from sparseformer.bridges.steer import parse_node, steering_curve, top_node
 from sparseformer.checkpoint import load_run
 from sparseformer.cli import main
 from sparseformer.errors import ConfigError
@@ -115,3 +115,15 @@ def test_cli_steer_writes_the_curve_the_plot_and_the_viewer(corpus, dense_run, t
     assert res.exit_code == 1 and res.output.startswith("Error: ") and len(res.output.strip().splitlines()) == 1
     res = runner.invoke(main, ["steer", str(out), "--task", TASK, "--node", "top"])      # the empty circuit
     assert res.exit_code == 1 and "no residual read or write node" in res.output
+
+
+def test_top_node_is_the_costliest_steerable_node_of_the_circuit(tmp_path):
+    nodes = [("1.attn.q.3", 9.0), ("1.mlp.resid_delta.2", 8.0), ("0.mlp.act_in.7", 0.4),
+             ("1.attn.act_in.5", 0.9), ("0.attn.resid_delta.1", None)]
+    doc = {"edges": 3, "model": {"n_layer": 2},
+           "node_info": [{"id": n, "site": n.rpartition(".")[0], "ablation_loss": loss} for n, loss in nodes]}
+    (tmp_path / "circuits").mkdir()
+    (tmp_path / "circuits" / f"{TASK}.json").write_text(json.dumps(doc))
+    assert top_node(tmp_path, TASK) == "1.attn.act_in.5"       # q carries no residual channel; the last write
+    with pytest.raises(ConfigError, match="needs the circuit"):   # has no bridge after it
+        top_node(tmp_path, "other_task")
