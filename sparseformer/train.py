@@ -159,10 +159,10 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
     out = Path(out)
     cfg = cfg.validate()
     planned = ckpt.load_config(out) if resume and (out / ckpt.CONFIG_FILE).is_file() else cfg
-    check_batch(planned.train.batch_size, planned_world_size(dist), grad_accum)
     if objective is not None and planned_world_size(dist) > 1:
         # its modules are neither wrapped nor sharded, so their gradients would not be averaged across ranks
         raise ConfigError("a training objective with extra modules (bridge training) runs in one process")
+    check_batch(planned.train.batch_size, planned_world_size(dist), grad_accum)
     ctx = init_context(dist, ckpt.resolve_device(planned.train.device), dist_backend)
     try:
         run_files = objective.run_files() if objective is not None else None

@@ -106,3 +106,11 @@ def test_cli_bridge_prints_the_table_and_errors_in_one_line(corpus, dense_run, t
     plain = CliRunner().invoke(main, ["steer", str(dense_run), "--task", "single_double_quote", "--node",
                                       "0.attn.act_in.1"])
     assert plain.exit_code == 1 and "is not a bridged run" in plain.output
+
+
+def test_bridge_training_under_several_ranks_is_refused(corpus, dense_run, tmp_path, monkeypatch):
+    # the bridges are not wrapped by DDP or FSDP, so their gradients would differ across ranks
+    monkeypatch.setattr("sparseformer.train.planned_world_size", lambda mode: 2)
+    with pytest.raises(ConfigError, match="runs in one process"):
+        bridge(dense_run, tmp_path / "run", micro(corpus), progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()
