@@ -3,17 +3,18 @@ steering curve of that circuit's most important node, all through the command li
 
     sparseformer train --preset tiny --dense --out /work/runs/tiny-dense-seed0        # the dense twin (~6 min)
     python bench/bridge_tiny.py --dense /work/runs/tiny-dense-seed0 --runs /work/runs \
-        --out bench/results/bridges_tiny --kl-sites-per-step 1
+        --out bench/results/bridges_tiny --kl-sites-per-step 1 --steps 700 --target-loss 0.25
 
-Runs, in order (each skipped when its output exists, so an interrupted run continues):
-  sparseformer bridge --dense DENSE --out RUNS/tiny-bridged --preset tiny ...   (resumed if interrupted)
+Runs, in order:
+  sparseformer bridge --dense DENSE --out RUNS/tiny-bridged --preset tiny ...   (--resume when it has a checkpoint)
   sparseformer eval RUN --tasks single_double_quote --json                      (the bridged and the dense model)
-  sparseformer prune RUNS/tiny-bridged --task single_double_quote --json        (target 0.15)
+  sparseformer prune RUNS/tiny-bridged --task single_double_quote --target-loss T --json
   sparseformer steer RUNS/tiny-bridged --task single_double_quote --node top --json
 and writes OUT/bridges_tiny.md and .json with the commands, their wall times, the per-site bridge metrics,
 the circuit and the steering curve, plus copies of the circuit (JSON, viewer) and the curve (JSON, SVG). It
 also times one training step of the tiny preset (forward, backward, SparseAdamW) in this process, interleaved:
-plain next-token loss, bridge loss with the KL terms of every site, and of one site.
+plain next-token loss, bridge loss with the KL terms of every site, and of one site. A bridge run that is
+resumed (a finished one returns at once) keeps the earlier invocations' commands and wall times in the report.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="bridge training steps (default: the preset's)")
     ap.add_argument("--kl-sites-per-step", type=int, default=0)
     ap.add_argument("--pairs", type=int, default=64, help="task pairs for the steering curve")
+    ap.add_argument("--target-loss", type=float, default=0.15, help="prune's target task loss per sequence")
     ap.add_argument("--render", action="store_true", help="only rewrite OUT/bridges_tiny.md from its JSON")
     args = ap.parse_args()
     if args.render:
@@ -120,15 +122,19 @@ def main() -> None:
                 "--kl-sites-per-step", str(args.kl_sites_per_step), "--json"]
     if args.steps is not None:
         cmd += ["--steps", str(args.steps)]
-    state = run_dir / "checkpoint.json"
+    state, report = run_dir / "checkpoint.json", args.out / "bridges_tiny.json"
+    earlier = {"invocations": [], "log": []}
     if state.is_file():
         cmd.append("--resume")
+        if report.is_file():         # the report keeps the commands (the training) of the earlier invocations
+            earlier = json.loads(report.read_text())
     bridged = run(cmd, log)
     if bridged is None:
         raise SystemExit(f"bridge failed: {log[-1]}")
     evals = {name: run(sf + ["eval", str(path), "--tasks", TASK, "--json"], log)
              for name, path in (("bridged sparse", run_dir), ("dense twin", args.dense))}
-    circuit = run(sf + ["prune", str(run_dir), "--task", TASK, "--json"], log)
+    circuit = run(sf + ["prune", str(run_dir), "--task", TASK, "--target-loss", str(args.target_loss), "--json"],
+                  log)
     steer = run(sf + ["steer", str(run_dir), "--task", TASK, "--node", "top", "--pairs", str(args.pairs), "--json"],
                 log)
 
@@ -142,7 +148,7 @@ def main() -> None:
             shutil.copy(f, args.out / Path(f).name)
     doc = {"commit": _git_commit(), "date": time.strftime("%Y-%m-%d"),
            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-           "command": " ".join(["python"] + sys.argv), "log": log, "step_seconds": step_seconds, "bridge": bridged,
+           "invocations": earlier["invocations"] + [" ".join(["python"] + sys.argv)], "log": earlier["log"] + log, "step_seconds": step_seconds, "bridge": bridged,
            "eval": evals, "circuit": circuit, "steering": steer}
     (args.out / "bridges_tiny.json").write_text(json.dumps(doc, indent=1) + "\n")
     (args.out / "bridges_tiny.md").write_text(render(doc))
@@ -153,11 +159,18 @@ def _f(x, spec=".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _failure(doc: dict, verb: str) -> str:
+    """The line saying that the `sparseformer VERB` command of the log failed, with its last output line."""
+    failed = next(e for e in doc["log"] if f" {verb} " in e["command"])
+    return f"`{verb}` failed: " + " ".join(failed["error"])
+
+
 def render(doc: dict) -> str:
     from sparseformer.bridges import metrics_table
     b = doc["bridge"]
     lines = ["# Bridges on the tiny preset (CPU)", "",
-             f"`{doc['command']}` at commit {doc['commit']} on {doc['date']} ({doc['machine']}).", "",
+             "Made by " + ", then ".join(f"`{c}`" for c in doc["invocations"]) + f" (the last at commit "
+             f"{doc['commit']} on {doc['date']}; {doc['machine']}).", "",
              "## Commands", "", "| command | wall time (s) | exit |", "| --- | --- | --- |"]
     lines += [f"| `{e['command'].split(' -m ', 1)[-1]}` | {e['seconds']} | {e['exit_code']} |" for e in doc["log"]]
     t = doc["step_seconds"]
@@ -172,8 +185,7 @@ def render(doc: dict) -> str:
     c = doc["circuit"]
     lines.append("")
     if c is None:
-        failed = next(e for e in doc["log"] if " prune " in e["command"])
-        lines.append("pruning failed: " + " ".join(failed["error"]))
+        lines.append(_failure(doc, "prune"))
     else:
         lines += [f"Circuit of the bridged sparse model at target {c['target_loss']}: **{c['nodes']} nodes, "
                   f"{c['edges']} edges** (+{c['bias_edges']} bias), loss {_f(c['loss'])} (full model "
@@ -182,8 +194,7 @@ def render(doc: dict) -> str:
     s = doc["steering"]
     lines.append("")
     if s is None:
-        failed = next(e for e in doc["log"] if " steer " in e["command"])
-        lines.append("steering failed: " + " ".join(failed["error"]))
+        lines.append(_failure(doc, "steer"))
     else:
         lines += [f"## Steering the dense model with `{s['node']}`", "",
                   f"The circuit's steerable node whose ablation raises the task loss most. Presented prompts: "
