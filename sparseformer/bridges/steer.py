@@ -29,15 +29,18 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ..checkpoint import atomic_write_text
 from ..errors import ConfigError
 from ..hooks import record, replace
 from ..prune.means import pretraining_batches
-from ..tasks import make_batch, max_prompt_len, resolve_task
 from ..prune.outputs import circuit_paths, read_circuit
+from ..report.steering import viewer_with_curves, write_curve
+from ..tasks import make_batch, max_prompt_len, resolve_task
 from ..tasks.dataset import TaskBatch
 from .run import Bridged
 
@@ -215,3 +218,14 @@ def top_node(run_dir, task: str) -> str:
         raise ConfigError(f"the circuit of {task} in {run_dir} has no residual read or write node to steer")
     best = max(nodes, key=lambda n: -math.inf if n.get("ablation_loss") is None else n["ablation_loss"])
     return best["id"]
+
+
+def write_steering(run_dir: str | Path, curve: dict) -> tuple[Path, Path, Path | None]:
+    """Write the curve's JSON and SVG and rebuild the task's circuit viewer with its curves (when the run has a
+    circuit for the task); returns the three paths (the viewer's None when there is no circuit)."""
+    json_path, svg_path = write_curve(run_dir, curve)
+    circuit_json, html_path = circuit_paths(run_dir, curve["task"])
+    if not circuit_json.is_file():
+        return json_path, svg_path, None
+    atomic_write_text(html_path, viewer_with_curves(run_dir, read_circuit(circuit_json)))
+    return json_path, svg_path, html_path

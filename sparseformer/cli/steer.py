@@ -39,8 +39,7 @@ def steer(run_dir, task, node, strengths, pairs, reverse, controls, seed, device
     """Add a sparse node's counterfactual delta, through the bridge decoder, to the dense model of RUN and report
     the probability of the counterfactual target against the steering strength (plus an SVG plot)."""
     from ..bridges import load_bridged
-    from ..bridges.steer import steering_curve, top_node
-    from ..report.steering import write_steering
+    from ..bridges.steer import steering_curve, top_node, write_steering
     if pairs < 1:
         raise ConfigError("--pairs must be at least 1")
     bridged = load_bridged(run_dir, device=device)

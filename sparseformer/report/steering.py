@@ -3,8 +3,8 @@
     RUN/steering/TASK/NODE.json    the curve (bridges.steering_curve's dict)
     RUN/steering/TASK/NODE.svg     its plot: P(counterfactual target) against the steering strength
 
-When RUN/circuits/TASK.json exists, the circuit's viewer (circuits/TASK.html) is rebuilt with every curve of the
-task, and clicking a node that has one shows it (docs/bridges.md).
+`viewer_with_curves` renders a circuit's viewer with every curve of its task: clicking a node that has one shows
+it (docs/bridges.md).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ..checkpoint import atomic_write_text
 from ..errors import CheckpointError
-from ..prune.outputs import circuit_paths, read_circuit
 from .svg import BLUE, GREEN, GREY, ORANGE, Axes
 from .viewer import render_viewer
 
@@ -66,20 +65,19 @@ def read_steering(run_dir: str | Path, task: str) -> dict[str, dict]:
     return curves
 
 
-def write_steering(run_dir: str | Path, curve: dict) -> tuple[Path, Path, Path | None]:
-    """Write the curve's JSON and SVG and rebuild the task's circuit viewer with its curves (when the run has a
-    circuit for the task); returns the three paths (the viewer's None when there is no circuit)."""
+def write_curve(run_dir: str | Path, curve: dict) -> tuple[Path, Path]:
+    """Write the curve's JSON and SVG (atomically); returns their paths."""
     json_path, svg_path = steering_paths(run_dir, curve["task"], curve["node"])
     json_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json_path, json.dumps(curve, indent=1) + "\n")
     atomic_write_text(svg_path, steering_svg(curve))
-    circuit_json, html_path = circuit_paths(run_dir, curve["task"])
-    if not circuit_json.is_file():
-        return json_path, svg_path, None
-    doc = read_circuit(circuit_json)
-    doc["steering"] = {node: _compact(c) for node, c in read_steering(run_dir, curve["task"]).items()}
-    atomic_write_text(html_path, render_viewer(doc))
-    return json_path, svg_path, html_path
+    return json_path, svg_path
+
+
+def viewer_with_curves(run_dir: str | Path, circuit: dict) -> str:
+    """The viewer of a circuit document, showing every steering curve computed in the run for its task."""
+    doc = dict(circuit, steering={node: _compact(c) for node, c in read_steering(run_dir, circuit["task"]).items()})
+    return render_viewer(doc)
 
 
 def _compact(curve: dict) -> dict:
