@@ -9,6 +9,8 @@ A run directory holds (docs/reproducibility.md):
     model.safetensors  model state dict; metadata: step
     optim.safetensors  SparseAdamW moments per parameter name; metadata: step (resume only)
     state.json         {"step", "ks": {tensor: k}, "finished", ...}
+    NAME.safetensors   modules trained with the model (a bridged run's bridges.safetensors); metadata: step
+  bridge.json          a bridged run's coupling to its dense run (docs/bridges.md)
 
 A checkpoint set is written into a new directory that no reader looks at, synced, and only then made current
 by atomically replacing checkpoint.json; the previous set is removed after that. So a crash or SIGKILL at
@@ -43,7 +45,8 @@ from .runfiles import (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, append_metrics
 MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optim.safetensors", "state.json"
 POINTER_FILE, CHECKPOINTS_DIR = "checkpoint.json", "checkpoints"
 SET_FILES = (MODEL_FILE, OPTIM_FILE, STATE_FILE)          # one checkpoint set, in the order written
-RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, POINTER_FILE) + SET_FILES   # + the older layout's
+BRIDGE_FILE = "bridge.json"
+RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, POINTER_FILE, BRIDGE_FILE) + SET_FILES   # + the older layout's
 
 
 # -- checkpoint sets -----------------------------------------------------------------------------------------
@@ -74,10 +77,12 @@ def checkpoint_file(run_dir: Path, name: str) -> Path:
 
 def write_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, torch.Tensor], state: dict[str, Any],
                      optim_tensors: dict[str, torch.Tensor] | None = None,
-                     optim_meta: dict[str, str] | None = None) -> Path:
+                     optim_meta: dict[str, str] | None = None,
+                     module_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write one checkpoint set (state dicts, not modules: a distributed run gathers them and one rank calls
-    this) and make it the current one atomically; returns its directory. On failure the previous set stays
-    current and the error (WriteError naming the file) says so."""
+    this) and make it the current one atomically; returns its directory. `module_tensors` holds the state
+    dicts of modules trained with the model, each written as NAME.safetensors. On failure the previous set
+    stays current and the error (WriteError naming the file) says so."""
     run_dir = Path(run_dir)
     previous = _current_step(run_dir)
     meta = {"step": str(step)}
@@ -87,6 +92,8 @@ def write_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, torch.Te
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:08d}-"))
         atomic_save_tensors(model_tensors, tmp / MODEL_FILE, meta)
+        for name, tensors in (module_tensors or {}).items():
+            atomic_save_tensors(tensors, tmp / f"{name}.safetensors", meta)
         if optim_tensors is not None:
             atomic_save_tensors(optim_tensors, tmp / OPTIM_FILE, {**meta, **(optim_meta or {})})
         atomic_write_text(tmp / STATE_FILE, json.dumps({**state, "step": step}, indent=2, sort_keys=True) + "\n")
@@ -155,17 +162,27 @@ def optimizer_tensors(states: dict[str, dict[str, Any]]) -> tuple[dict[str, torc
     return tensors, {"steps": json.dumps(steps)}
 
 
+def _param_names(model: torch.nn.Module, modules: dict[str, torch.nn.Module] | None) -> dict:
+    """Parameter -> its name in optim.safetensors: the model's own names, NAME.param for module NAME's."""
+    names = {p: n for n, p in model.named_parameters()}
+    for prefix, module in (modules or {}).items():
+        names.update({p: f"{prefix}.{n}" for n, p in module.named_parameters()})
+    return names
+
+
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, step: int, ks: dict[str, int],
-                    finished: bool, extra: dict[str, Any] | None = None) -> Path:
-    """Save model, optimizer moments (when `optimizer` is given) and state as one checkpoint set; see
-    write_checkpoint."""
+                    finished: bool, extra: dict[str, Any] | None = None,
+                    modules: dict[str, torch.nn.Module] | None = None) -> Path:
+    """Save model, optimizer moments (when `optimizer` is given), the `modules` trained with the model and
+    state as one checkpoint set; see write_checkpoint."""
     optim_tensors = optim_meta = None
     if optimizer is not None:
-        names = {p: n for n, p in model.named_parameters()}
+        names = _param_names(model, modules)
         optim_tensors, optim_meta = optimizer_tensors({names[p]: st for p, st in optimizer.state.items()
                                                        if p in names and st})
     state = {"ks": ks, "finished": finished, **(extra or {})}
-    return write_checkpoint(run_dir, step, model.state_dict(), state, optim_tensors, optim_meta)
+    module_tensors = {name: m.state_dict() for name, m in (modules or {}).items()}
+    return write_checkpoint(run_dir, step, model.state_dict(), state, optim_tensors, optim_meta, module_tensors)
 
 
 def remove_run(run_dir: Path) -> None:
@@ -195,9 +212,10 @@ def _step_of(path: Path, meta: dict[str, str]) -> int:
         raise CheckpointError(f"{path} is corrupt (its step is {meta.get('step')!r})") from None
 
 
-def load_model_weights(run_dir: Path, model: torch.nn.Module, expect_step: int | None = None) -> int:
-    """Load the current model.safetensors into `model` (strict); return its step."""
-    path = checkpoint_file(run_dir, MODEL_FILE)
+def load_model_weights(run_dir: Path, model: torch.nn.Module, expect_step: int | None = None,
+                       file: str = MODEL_FILE) -> int:
+    """Load the current model.safetensors (or another file of the set) into `model` (strict); return its step."""
+    path = checkpoint_file(run_dir, file)
     tensors, meta = load_tensors(path)
     step = _step_of(path, meta)
     if expect_step is not None and step != expect_step:
@@ -217,11 +235,19 @@ def load_model_weights(run_dir: Path, model: torch.nn.Module, expect_step: int |
     return step
 
 
+def load_module_weights(run_dir: Path, modules: dict[str, torch.nn.Module], expect_step: int | None = None) -> None:
+    """Load NAME.safetensors of the current checkpoint set into each module NAME (strict, at `expect_step`)."""
+    for name, module in modules.items():
+        load_model_weights(run_dir, module, expect_step, file=f"{name}.safetensors")
+
+
 def load_optimizer_state(run_dir: Path, model: torch.nn.Module, optimizer, expect_step: int,
-                         place: Callable[[torch.nn.Parameter, torch.Tensor], torch.Tensor] | None = None) -> None:
-    """Load the current optim.safetensors into `optimizer` (its moments must be at `expect_step`).
-    `place(p, whole)` turns a whole CPU moment of parameter p into what the optimizer holds (default: the
-    tensor on p's device and dtype; a sharded run keeps its rows)."""
+                         place: Callable[[torch.nn.Parameter, torch.Tensor], torch.Tensor] | None = None,
+                         modules: dict[str, torch.nn.Module] | None = None) -> None:
+    """Load the current optim.safetensors into `optimizer` (its moments must be at `expect_step`); the
+    moments of `modules` trained with the model too. `place(p, whole)` turns a whole CPU moment of parameter
+    p into what the optimizer holds (default: the tensor on p's device and dtype; a sharded run keeps its
+    rows)."""
     place = place or (lambda p, whole: whole.to(p.device, p.dtype))
     path = checkpoint_file(run_dir, OPTIM_FILE)
     tensors, meta = load_tensors(path)
@@ -230,7 +256,7 @@ def load_optimizer_state(run_dir: Path, model: torch.nn.Module, optimizer, expec
                               f"{expect_step}; the checkpoint is inconsistent")
     try:
         steps = json.loads(meta.get("steps", "{}"))
-        for name, p in model.named_parameters():
+        for p, name in _param_names(model, modules).items():
             if name in steps:
                 optimizer.state[p] = {
                     "step": int(steps[name]),

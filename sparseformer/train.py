@@ -7,6 +7,10 @@ the same bytes at any CPU thread count, and the optimizer state is saved with th
 reproducible to the bit on the same machine and a resumed run ends bit-identical to an uninterrupted one
 (docs/reproducibility.md). One optimizer step is one `train_step` over the step's micro-batches
 (--grad-accum), whatever the number of ranks.
+
+A `TrainObjective` (the `objective` argument) changes what the loop minimises without a second loop: bridge
+training (sparseformer.bridges, docs/bridges.md) passes one that adds its loss terms and trains its bridges
+alongside the model, with the same data, optimizer, schedules, checkpoints and resume (in one process).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +35,7 @@ from .data.for_config import load_dataset
 from .determinism import deterministic_mode
 from .distributed import (DistContext, PeerLost, ShardedSparseAdamW, check_batch, full_state, gradient_sync,
                           init_context, micro_batches, planned_world_size, wrap_model)
-from .errors import CheckpointError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .model import GPT
 from .sparsity.optimizer import SparseAdamW
 from .sparsity.params import check_protection, configure, param_groups, write_ks
@@ -49,7 +54,24 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _prepare_out(cfg: RunConfig, out: Path, resume: bool, force: bool) -> RunConfig:
+class TrainObjective(Protocol):
+    """What a loop with another loss supplies. `modules` are trained with the model by the same optimizer and
+    saved as NAME.safetensors in every checkpoint set (their Adam moments as NAME.* in optim.safetensors)."""
+
+    modules: dict[str, torch.nn.Module]
+
+    def run_files(self) -> dict[str, str]:
+        """Files (name -> text) written into a new run directory next to config.json."""
+
+    def loss(self, model: GPT, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        """The loss to minimise on batch (x, y) of 0-based `step`, and the scalars to log with it."""
+
+    def evaluate(self, model: GPT, dataset, cfg: RunConfig, device: torch.device) -> dict:
+        """Entries added to the metrics rows that measure val_loss."""
+
+
+def _prepare_out(cfg: RunConfig, out: Path, resume: bool, force: bool,
+                 run_files: dict[str, str] | None = None) -> RunConfig:
     """Create the run directory, or check it may be reused; returns the config to train with."""
     has_run = (out / ckpt.CONFIG_FILE).is_file()
     if resume:
@@ -66,6 +88,8 @@ def _prepare_out(cfg: RunConfig, out: Path, resume: bool, force: bool) -> RunCon
         ckpt.remove_run(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.save_config(out, cfg)
+    for name, text in (run_files or {}).items():
+        ckpt.atomic_write_text(out / name, text)
     return cfg
 
 
@@ -96,8 +120,9 @@ def evaluate_val(model: GPT, dataset, cfg: RunConfig, device: torch.device, auto
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro: list, ctx: DistContext,
-               autocast, stop_requested=lambda: False) -> tuple[float, bool]:
-    """One optimizer step over this rank's micro-batches `micro` [(x, y), ...].
+               autocast, stop_requested=lambda: False, loss_fn=None) -> tuple[float, bool]:
+    """One optimizer step over this rank's micro-batches `micro` [(x, y), ...], minimising
+    `loss_fn(model, x, y)` (default: the next-token loss).
 
     Each micro-batch's loss is divided by their number before its backward, so the accumulated gradient is
     the mean over the step's micro-batches (and over ranks, which DDP and FSDP2 average). Returns the
@@ -108,7 +133,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro: 
     loss_sum = 0.0
     for i, (x, y) in enumerate(micro):
         with gradient_sync(model, ctx, sync=i == len(micro) - 1):
-            loss = _lm_loss(model, x.to(ctx.device), y.to(ctx.device), autocast)
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            loss = _lm_loss(model, x, y, autocast) if loss_fn is None else loss_fn(model, x, y)
             (loss / len(micro)).backward()
         loss_sum += float(loss.detach())
     faults.point("step")
@@ -121,9 +147,10 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro: 
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,
           progress: bool = True, max_steps: int | None = None, dist: str | None = None, grad_accum: int = 1,
-          dist_backend: str | None = None) -> TrainResult:
+          dist_backend: str | None = None, tokenizer=None, objective: TrainObjective | None = None) -> TrainResult:
     """Train (or resume) the run in `out`. `max_steps` stops early after that many steps of this call
-    (the schedule still spans cfg.train.steps); it exists for tests of interruption and resume.
+    (the schedule still spans cfg.train.steps); it exists for tests of interruption and resume. A new run
+    fits a tokenizer to the corpus unless `tokenizer` is given; `objective` replaces the next-token loss.
 
     `dist`: "ddp" or "fsdp" when this process is one rank of many started by torchrun (there the default is
     "ddp"; elsewhere a single process). `grad_accum`: micro-batches per rank and step; the global batch
@@ -132,20 +159,25 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool 
     out = Path(out)
     cfg = cfg.validate()
     planned = ckpt.load_config(out) if resume and (out / ckpt.CONFIG_FILE).is_file() else cfg
+    if objective is not None and planned_world_size(dist) > 1:
+        # its modules are neither wrapped nor sharded, so their gradients would not be averaged across ranks
+        raise ConfigError("a training objective with extra modules (bridge training) runs in one process")
     check_batch(planned.train.batch_size, planned_world_size(dist), grad_accum)
     ctx = init_context(dist, ckpt.resolve_device(planned.train.device), dist_backend)
     try:
-        cfg = ctx.on_main(lambda: _prepare_out(cfg, out, resume, force))
+        run_files = objective.run_files() if objective is not None else None
+        cfg = ctx.on_main(lambda: _prepare_out(cfg, out, resume, force, run_files))
         with deterministic_mode(cfg.train.deterministic):
-            result = _train(cfg, out, resume, progress, max_steps, ctx, grad_accum)
+            result = _train(cfg, out, resume, progress, max_steps, ctx, grad_accum, tokenizer, objective)
         ctx.barrier()        # no rank tears the group down while another still talks to it
         return result
     finally:
         ctx.close()
 
 
-def _build(cfg: RunConfig, out: Path, start: int, ctx: DistContext):
-    """The model (loaded from the checkpoint at `start` > 0), its DDP/FSDP2 wrapper, and the optimizer."""
+def _build(cfg: RunConfig, out: Path, start: int, ctx: DistContext, extra: dict[str, torch.nn.Module]):
+    """The model (loaded from the checkpoint at `start` > 0), its DDP/FSDP2 wrapper, and the optimizer (of
+    the model and of the `extra` modules trained with it, loaded too)."""
     tc, sc = cfg.train, cfg.sparsity
     model = GPT(cfg.model)
     check_protection(configure(model, sc), sc)        # the layers hold k from here on
@@ -153,36 +185,49 @@ def _build(cfg: RunConfig, out: Path, start: int, ctx: DistContext):
         ckpt.load_model_weights(out, model, expect_step=start)
     model.to(ctx.device).train()
     wrapped = wrap_model(model, ctx)                  # FSDP2 shards `model` in place: optimizer after this
+    if start > 0:
+        ckpt.load_module_weights(out, extra, expect_step=start)
+    for module in extra.values():
+        module.to(ctx.device).train()
     groups = param_groups(model, weight_decay=tc.weight_decay)
+    for module in extra.values():
+        groups += param_groups(module, weight_decay=tc.weight_decay)
     hyper = dict(lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, grad_rms_norm=tc.grad_rms_norm, backend=tc.backend)
     optimizer = ShardedSparseAdamW(groups, ctx, **hyper) if ctx.mode == "fsdp" else SparseAdamW(groups, **hyper)
     if start > 0:
         place = ShardedSparseAdamW.place_state if ctx.mode == "fsdp" else None
-        ckpt.load_optimizer_state(out, model, optimizer, start, place=place)
+        ckpt.load_optimizer_state(out, model, optimizer, start, place=place, modules=extra)
     return model, wrapped, optimizer
 
 
-def _save(out: Path, ctx: DistContext, model, optimizer, step: int, ks: dict[str, int], finished: bool) -> None:
-    """One checkpoint set of the whole model, written by rank 0 (every rank takes part in gathering it)."""
+def _save(out: Path, ctx: DistContext, model, optimizer, step: int, ks: dict[str, int], finished: bool,
+          extra: dict[str, torch.nn.Module]) -> None:
+    """One checkpoint set of the whole model (and of the `extra` modules of a single-process run), written by
+    rank 0 (every rank takes part in gathering it)."""
     tensors, states = full_state(model, optimizer, ctx)
+    for prefix, module in extra.items():
+        states.update({f"{prefix}.{n}": dict(optimizer.state[p]) for n, p in module.named_parameters()
+                       if optimizer.state.get(p)})
+    modules = {name: m.state_dict() for name, m in extra.items()}
     ctx.on_main(lambda: ckpt.write_checkpoint(out, step, tensors, {"ks": ks, "finished": finished},
-                                              *ckpt.optimizer_tensors(states)))
+                                              *ckpt.optimizer_tensors(states), modules))
 
 
 def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: int | None, ctx: DistContext,
-           grad_accum: int) -> TrainResult:
+           grad_accum: int, tokenizer, objective: TrainObjective | None) -> TrainResult:
     tc, sc = cfg.train, cfg.sparsity
     check_batch(tc.batch_size, ctx.world_size, grad_accum)
     torch.manual_seed(tc.seed)
 
-    tokenizer = ckpt.load_tokenizer(out) if resume else None
+    tokenizer = ckpt.load_tokenizer(out) if resume else tokenizer
     dataset = ctx.main_first(lambda: load_dataset(cfg, tokenizer))
-    if tokenizer is None:
+    if tokenizer is None or not resume:
         ctx.on_main(lambda: dataset.tokenizer.save(out / ckpt.TOKENIZER_FILE))
 
     state = ckpt.read_state(out) if resume else {"step": 0, "finished": False}
     start = int(state["step"])
-    model, wrapped, optimizer = _build(cfg, out, start, ctx)
+    extra = dict(objective.modules) if objective is not None else {}
+    model, wrapped, optimizer = _build(cfg, out, start, ctx, extra)
     if resume:
         ctx.on_main(lambda: ckpt.truncate_metrics(out, start))
     device = ctx.device
@@ -204,6 +249,15 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
         process heeds a Ctrl-C at once (during its optimizer step, validation or a checkpoint write)."""
         return agreed if ctx.distributed else stop.requested
 
+    terms: dict = {}            # the objective's scalars of this step (its last micro-batch)
+
+    def objective_loss(m, xm, ym):
+        with autocast:
+            loss, scalars = objective.loss(m, xm, ym, step)
+        terms.update(scalars)
+        return loss
+
+    loss_fn = objective_loss if objective is not None else None
     step = start
     try:
         for step in range(start, end):
@@ -213,7 +267,9 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
                 group["lr"] = lr
             x, y = dataset.get_batch("train", tc.batch_size, tc.seq_len, step, tc.seed)
             micro = micro_batches(x, y, ctx.rank, ctx.world_size, grad_accum)
-            loss_value, agreed = train_step(wrapped, optimizer, micro, ctx, autocast, lambda: stop.requested)
+            terms.clear()
+            loss_value, agreed = train_step(wrapped, optimizer, micro, ctx, autocast, lambda: stop.requested,
+                                            loss_fn=loss_fn)
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(f"loss became {loss_value} at step {step + 1}; the last good checkpoint "
                                        f"(step {last_good}) is kept in {out}; lower train.lr and --resume or "
@@ -232,6 +288,9 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
                            tokens_per_s=round(tokens_since / dt, 1) if dt > 0 else None)
                 if measure_val:
                     row["val_loss"] = round(val_loss, 5)
+                row.update(terms)
+                if measure_val and objective is not None:
+                    row.update(objective.evaluate(model, dataset, cfg, device))
                 ctx.on_main(lambda: ckpt.append_metrics(out, row))
                 history.append(row)
                 t0, tokens_since = time.perf_counter(), 0
@@ -239,7 +298,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
                     bar.set_postfix(loss=f"{loss_value:.3f}", density=f"{row['density']:.3g}", lr=f"{lr:.2e}",
                                     tok_s=f"{row['tokens_per_s']:.0f}" if row["tokens_per_s"] else "-")
             if done % tc.ckpt_every == 0 or done == total or done == end or stopping():
-                _save(out, ctx, wrapped, optimizer, done, ks, finished=(done == total))
+                _save(out, ctx, wrapped, optimizer, done, ks, finished=(done == total), extra=extra)
                 last_good = done
             if bar is not None:
                 bar.update(1)

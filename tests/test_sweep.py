@@ -18,7 +18,7 @@ from sparseformer.errors import ConfigError
 from sparseformer.sweep import adapters, load_sweep, run_config, run_sweep, sweep_from_dict
 from sparseformer.sweep.budget import steps_for_minutes, steps_for_tokens
 from sparseformer.sweep.compare import circuit_size, headline, matched_pairs
-from sparseformer.sweep.svg import Axes
+from sparseformer.report.svg import Axes
 
 TASKS = ["single_double_quote", "for_while"]
 

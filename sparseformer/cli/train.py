@@ -12,6 +12,30 @@ from ..config import PRESETS, apply_overrides, get_preset
 from ..errors import ConfigError
 
 
+def config_from_flags(preset: str, *, data=None, steps=None, seed=None, device=None, density=None, dense=False,
+                      deterministic=False, overrides=()):
+    """The RunConfig of a preset with the training flags and --set overrides applied (train and bridge)."""
+    cfg = get_preset(preset)
+    extra = list(overrides)
+    if data is not None:
+        cfg.data.source = data
+    if steps is not None:
+        extra.append(f"train.steps={steps}")
+    if seed is not None:
+        extra.append(f"train.seed={seed}")
+    if device is not None:
+        extra.append(f"train.device={device}")
+    if density is not None:
+        if not 0 < density <= 1:
+            raise ConfigError(f"--density {density} is outside (0, 1]; give the fraction of weights to keep")
+        extra.append(f"sparsity.weight_density={density}")
+    if dense:
+        extra.append("sparsity.dense=true")
+    if deterministic:
+        extra.append("train.deterministic=true")
+    return apply_overrides(cfg, extra)
+
+
 @click.command()
 @click.option("--preset", default="tiny", show_default=True, help=f"One of: {', '.join(PRESETS)}.")
 @click.option("--data", "data", default=None, help="Corpus: 'stdlib' (default), a directory, a .jsonl or a text file.")
@@ -39,25 +63,8 @@ def train(preset, data, out, steps, seed, device, density, dense, deterministic,
           resume, force, overrides, quiet, as_json):
     """Train a weight-sparse GPT (or resume one)."""
     from ..train import train as run_training
-    cfg = get_preset(preset)
-    extra = list(overrides)
-    if data is not None:
-        cfg.data.source = data
-    if steps is not None:
-        extra.append(f"train.steps={steps}")
-    if seed is not None:
-        extra.append(f"train.seed={seed}")
-    if device is not None:
-        extra.append(f"train.device={device}")
-    if density is not None:
-        if not 0 < density <= 1:
-            raise ConfigError(f"--density {density} is outside (0, 1]; give the fraction of weights to keep")
-        extra.append(f"sparsity.weight_density={density}")
-    if dense:
-        extra.append("sparsity.dense=true")
-    if deterministic:
-        extra.append("train.deterministic=true")
-    cfg = apply_overrides(cfg, extra)
+    cfg = config_from_flags(preset, data=data, steps=steps, seed=seed, device=device, density=density, dense=dense,
+                            deterministic=deterministic, overrides=overrides)
     result = run_training(cfg, out, resume=resume, force=force, progress=not (quiet or as_json), dist=dist,
                           grad_accum=grad_accum, dist_backend=dist_backend)
     if not _is_main_rank():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..checkpoint import atomic_write_text
 from .compare import target_key
-from .svg import PALETTE, Axes
+from ..report.svg import PALETTE, Axes
 
 DENSE_PALETTE = ("#555555", "#999999", "#111111", "#bbbbbb")
 
