@@ -20,7 +20,7 @@ GPU (when CUDA is available; what bench/gpu_check.sh runs): the paper-width 8 mo
 layers, 411M dense-shaped parameters, 64 x 256 tokens a step) under torchrun with --dist fsdp at world size
 1: a smoke test of the whole FSDP2 path on NCCL, its step time and peak GPU memory, exact k after the steps.
 
-  flock /work/coord/cpu.lock python bench/bench_distributed.py --out bench/results --name distributed_cpu
+  python bench/bench_distributed.py --out bench/results --name distributed_cpu
   python bench/bench_distributed.py --out $OUT --name bench_distributed        # on a GPU: the smoke test
 """
 

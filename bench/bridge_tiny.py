@@ -1,8 +1,8 @@
 """Bridges on the tiny preset: a sparse model trained coupled to the tiny dense twin, its quote circuit, and the
 steering curve of that circuit's most important node, all through the command line.
 
-    sparseformer train --preset tiny --dense --out /work/runs/tiny-dense-seed0        # the dense twin (~6 min)
-    python bench/bridge_tiny.py --dense /work/runs/tiny-dense-seed0 --runs /work/runs \
+    sparseformer train --preset tiny --dense --out runs/tiny-dense-seed0        # the dense twin (~6 min)
+    python bench/bridge_tiny.py --dense runs/tiny-dense-seed0 --runs runs \
         --out bench/results/bridges_tiny --kl-sites-per-step 1 --steps 700 --target-loss 0.25
 
 Runs, in order:
