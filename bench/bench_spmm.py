@@ -163,7 +163,8 @@ def providers(op, w_dense, w, sw, x, dy, device, density, methods):
     elif op == "dW(support)":
         be = "triton" if device.type == "cuda" else "torch"
         out["dense"] = lambda: dy.t() @ x
-        out["ours:support"] = lambda: sdd(dy, x, sw.row, sw.col, backend=be)
+        kernel = "sddmm" if be != "torch" else None          # the GPU's own kernel, not the GEMM fallback
+        out["ours:support"] = lambda: sdd(dy, x, sw.row, sw.col, backend=be, method=kernel)
         return out
     key = "fwd" if op == "fwd" else "dx"
     a = x if op == "fwd" else dy
