@@ -87,6 +87,11 @@ def dw_summary(rows: list[dict], steps: int) -> dict:
                 w = [(r[key], r[count_key]) for r in sel if key in r and r.get(count_key)]
                 n = sum(c for _, c in w)
                 total[f"scale_{kind}_{st}"] = sum(v * c for v, c in w) / n if n else None
+        for over in ("all", "weights"):               # refresh-step-weighted mean off-support share
+            key = f"dw_offsupport_share_{over}"
+            w = [(r[key], r["dw_refresh_steps"]) for r in sel if key in r and r.get("dw_refresh_steps")]
+            n = sum(c for _, c in w)
+            total[f"offsupport_share_{over}"] = sum(v * c for v, c in w) / n if n else None
         for kind in ("used", "all", "tracked"):
             a, b = total[f"scale_{kind}_support"], total[f"scale_{kind}_refresh"]
             total[f"jump_{kind}"] = a / b if a and b else None    # support-step scale over refresh-step scale
@@ -146,17 +151,23 @@ def markdown(doc: dict) -> str:
                      f"{q['loss']:.4f} ({q['accuracy']:.3f}) | {circ} | {_fmt(m['tokens_per_s'], '.0f')} | {frac} | "
                      f"{ent} |" if q else f"| {m['name']} | {m['final_val_loss']:.4f} | | | | | | | | |")
     lines += ["", "Refreshes with entries: the fraction of (layer, refresh step) pairs in which at least one weight "
-              "entered that layer's support (5 sparse linear layers per step). Entered: weights that joined a "
-              "support at refresh steps / at the steps between (from the tracked candidates).", "",
-              "Gradient-RMS scale (mean over the second half of training) on support steps over refresh steps, "
-              "as computed over all entries and over the tracked ones (the scale each arm used is its `dw_rms`):",
-              "", "| arm | jump, all entries | jump, tracked entries | refreshes with entries (2nd half) |",
-              "|---|---|---|---|"]
+              "entered that layer's support (every sparse linear layer, 9 in the tiny model, at every refresh "
+              "step). Entered: weights that joined a support at refresh steps / at the steps between (from the "
+              "tracked set).", "",
+              "The gradient RMS at refreshes, second half of training (after the density anneal): the part of the "
+              "dense dW outside the tracked entries (support + candidates) as a share of the squared gradient "
+              "norm, of all gradients (what moves the `dw_rms=all` scale: it drops by sqrt(1 - share) on a "
+              "refresh step) and of the sparse weights' gradients alone; and the mean scale on support steps over "
+              "the mean on refresh steps, computed both ways (each arm used its own `dw_rms`):",
+              "", "| arm | untracked share, all | ... of the weights | scale ratio, all | scale ratio, tracked | "
+              "refreshes with entries |", "|---|---|---|---|---|---|"]
     for m in models:
         dw = m.get("dw", {}).get("second_half")
         if dw:
-            lines.append(f"| {m['name']} | {_fmt(dw['jump_all'], '.3f')} | {_fmt(dw['jump_tracked'], '.3f')} | "
-                         f"{_fmt(dw['frac_refreshes_entered'], '.2f')} of {dw['dw_layer_refreshes']} |")
+            lines.append(f"| {m['name']} | {_fmt(dw['offsupport_share_all'], '.4f')} | "
+                         f"{_fmt(dw['offsupport_share_weights'], '.3f')} | {_fmt(dw['jump_all'], '.3f')} | "
+                         f"{_fmt(dw['jump_tracked'], '.3f')} | {_fmt(dw['frac_refreshes_entered'], '.2f')} of "
+                         f"{dw['dw_layer_refreshes']} |")
     tasks = [r["task"] for r in models[0]["eval"]]
     lines += ["", "Task loss (mean per-sequence contrast loss, nats) per arm:", "",
               "| task | " + " | ".join(m["name"] for m in models) + " |", "|---" * (len(models) + 1) + "|"]

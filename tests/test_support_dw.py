@@ -16,7 +16,8 @@ from sparseformer.layers import SparseLinear
 from sparseformer.model import GPT
 from sparseformer.sparsity.optimizer import SparseAdamW
 from sparseformer.sparsity.params import configure, param_groups, write_ks
-from sparseformer.sparsity.support_dw import begin_step, configure_dw, dw_state, load_dw_state
+from sparseformer.kernels.adamw import AdamWTensor
+from sparseformer.sparsity.support_dw import begin_step, configure_dw, dw_state, load_dw_state, rms_terms
 from sparseformer.train import train
 from test_train import SNIPPET, micro
 
@@ -225,6 +226,12 @@ def test_tracked_rms_scale_is_over_the_computed_entries():
     assert stats["dw_scale_all_refresh"] == pytest.approx(float(want_all), rel=1e-5)
     assert stats["dw_scale_tracked_refresh"] == pytest.approx(float(want_tracked), rel=1e-5)
     assert stats["dw_scale_used_refresh"] == stats["dw_scale_tracked_refresh"]
+    share = 1 - float(g.reshape(-1)[tracked].norm() ** 2 / g.norm() ** 2)
+    assert stats["dw_offsupport_share_all"] == pytest.approx(share, abs=1e-6)
+    item = AdamWTensor(param=layer.weight.data, grad=g, exp_avg=g, exp_avg_sq=g, step=1, lr=0.0, beta1=0.9,
+                       beta2=0.95, eps=0.1, weight_decay=0.0)
+    sq, n = rms_terms([layer.weight], [item]).tolist()          # one rank's part, for an all-reduce
+    assert n == tracked.numel() and 1 / ((sq / n) ** 0.5 + 1e-5) == pytest.approx(float(want_tracked), rel=1e-6)
 
 
 def test_config_fields_validate_and_round_trip():

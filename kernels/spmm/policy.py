@@ -57,20 +57,20 @@ class DwPolicy:
         """Whether the current step's dW is dense."""
         return not self.support_mode or (self.dense_every > 0 and self.step % self.dense_every == 0)
 
-    def computed_index(self, support: Tensor) -> Tensor:
+    def computed_index(self, support: Tensor, numel: int) -> Tensor:
         """Sorted flat indices a support step computes: `support` (int64 flat indices) and the tracked set."""
-        if self.tracked is None:
-            return support
-        return torch.unique(torch.cat([support, self.tracked.to(support.device)]))
+        return support if self.tracked is None else _union(numel, support, self.tracked)
 
-    def grad(self, dy: Tensor, x: Tensor, w: Tensor, sw: SparseWeight, backend: str) -> Tensor:
-        """dW for one backward pass (dy [M, N], x [M, K]), in w's dtype."""
+    def grad(self, dy: Tensor, x: Tensor, w: Tensor, sw: SparseWeight | None, backend: str) -> Tensor:
+        """dW for one backward pass (dy [M, N], x [M, K]), in w's dtype; `sw` (w's format, when the forward
+        built one) saves finding the support again."""
         if self.refresh():
             self.computed = None
             return (dy.t() @ x.to(dy.dtype)).to(w.dtype)
-        flat = self.computed_index(sw.flat_index())
+        support = sw.flat_index() if sw is not None else w.detach().reshape(-1).nonzero().view(-1)
+        flat = self.computed_index(support, w.numel())
         self.computed = flat
-        n, k = sw.shape
+        n, k = w.shape
         g = torch.zeros(n * k, dtype=w.dtype, device=w.device)
         g[flat] = sdd(dy, x, flat // k, flat % k, backend=backend).to(w.dtype)
         return g.view(n, k)
@@ -83,9 +83,9 @@ class DwPolicy:
         if self.support_mode:
             support = weight.detach().reshape(-1).nonzero().view(-1)
             if self.refresh() and grad is not None:
-                self.tracked = torch.unique(torch.cat([support, self._candidates(grad, support)]))
+                self.tracked = _union(weight.numel(), support, self._candidates(grad, support))
             elif self.tracked is not None:
-                self.tracked = torch.unique(torch.cat([self.tracked.to(support.device), support]))
+                self.tracked = _union(weight.numel(), self.tracked, support)
             else:
                 self.tracked = support
         self.step += 1
@@ -101,3 +101,11 @@ class DwPolicy:
             return support[:0]
         score = grad.detach().reshape(-1)[off].float()
         return off[topk_mask(score, c)]
+
+
+def _union(numel: int, *indices: Tensor) -> Tensor:
+    """Sorted union of flat index sets over a tensor of `numel` entries (a mask: cheaper than sorting)."""
+    mask = torch.zeros(numel, dtype=torch.bool, device=indices[0].device)
+    for idx in indices:
+        mask[idx.to(mask.device)] = True
+    return mask.nonzero().view(-1)

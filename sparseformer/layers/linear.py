@@ -122,11 +122,10 @@ class SparseProduct(SparseOwner):
             version = w._version
         except RuntimeError:       # inference tensors carry no version counter: rebuild every time
             version = None
-        key = (version, w.data_ptr(), w.dtype, w.device, cdt, self.dw_policy.mode, self.k)
+        key = (version, w.data_ptr(), w.dtype, w.device, cdt, self.k)
         if self.refresh_mode == "always" or version is None or key != self._plan_key or self._plan is None:
             self._plan = plan_linear(w, dtype=cdt, backend=self.backend, method=self.method,
-                                     dw_mode=self.dw_policy.mode, density=self.known_density(),
-                                     sw=self.handed_format())
+                                     density=self.known_density(), sw=self.handed_format())
             self._plan_key = key
         return self._plan
 

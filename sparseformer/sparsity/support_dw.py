@@ -16,7 +16,8 @@ of the optimizer follow, both made once here:
   not jump when the dense dW adds its off-support entries.
   "all": the formula of the dense method over every gradient as computed (zeros included), whose scale
   jumps at each refresh.
-SparseAdamW records both scales and how many weights entered the support (`DwStats`), for the metrics.
+SparseAdamW records both scales, the off-support share of the squared gradient norm at refreshes (of all
+gradients, and of the support-dW weights' alone) and how many weights entered the support (`DwStats`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..layers import SparseProduct, owner_of
 from ..layers.support_dw import begin_step, stored_index, support_layers
 
 __all__ = ["DW_MOMENTS", "DW_RMS", "DwStats", "adamw_step_", "begin_step", "configure_dw", "dw_state",
-           "load_dw_state"]
+           "load_dw_state", "rms_terms", "tracked_grads"]
 
 DW_MOMENTS = ("lazy", "decay")
 DW_RMS = ("tracked", "all")
@@ -76,10 +77,14 @@ class DwStats:
     layer_refreshes_entered: int = 0         # ... in which at least one weight entered the support
     entered: dict = field(default_factory=lambda: {"refresh": 0, "support": 0})
     scale: dict = field(default_factory=dict)   # (kind, step type) -> sum of scales; kind "used" | "all" | "tracked"
+    share: dict = field(default_factory=dict)   # "all" | "weights" -> sum over refreshes of the off-support share
 
     def add_scale(self, kind: str, step_type: str, value: float) -> None:
         key = (kind, step_type)
         self.scale[key] = self.scale.get(key, 0.0) + value
+
+    def add_share(self, over: str, value: float) -> None:
+        self.share[over] = self.share.get(over, 0.0) + value
 
     def row(self) -> dict:
         """The metrics of the window, then reset it."""
@@ -88,6 +93,8 @@ class DwStats:
                "dw_entered_at_refresh": self.entered["refresh"], "dw_entered_between": self.entered["support"]}
         for (kind, step_type), total in sorted(self.scale.items()):
             out[f"dw_scale_{kind}_{step_type}"] = round(total / max(self.steps[step_type], 1), 6)
+        for over, total in sorted(self.share.items()):     # mean over the window's refresh steps
+            out[f"dw_offsupport_share_{over}"] = round(total / max(self.steps["refresh"], 1), 6)
         self.__init__()
         return out
 
@@ -100,6 +107,25 @@ def _support_layer(p: Tensor) -> SparseProduct | None:
     return layer if isinstance(layer, SparseProduct) and layer.dw_policy.support_mode else None
 
 
+def tracked_grads(params: list[Tensor], items: list[AdamWTensor]) -> list[Tensor]:
+    """The gradients the "tracked" RMS is taken over: whole for dense parameters, the tracked entries (support
+    included) of support-dW weights. Under FSDP, sum their squares and count their entries per rank
+    (`rms_terms`) and all-reduce both."""
+    out = []
+    for p, it in zip(params, items):
+        layer = _support_layer(p)
+        tracked = layer.dw_policy.tracked if layer is not None else None
+        out.append(it.grad if tracked is None else it.grad.reshape(-1)[stored_index(layer, tracked)])
+    return out
+
+
+def rms_terms(params: list[Tensor], items: list[AdamWTensor]) -> Tensor:
+    """float64 [sum of squares, entry count] of `tracked_grads`: one rank's part of the "tracked" RMS."""
+    grads = tracked_grads(params, items)
+    sq = torch.stack([g.double().pow(2).sum() for g in grads]).sum() if grads else torch.zeros((), dtype=torch.float64)
+    return torch.stack([sq.cpu(), torch.tensor(float(sum(g.numel() for g in grads)), dtype=torch.float64)])
+
+
 @torch.no_grad()
 def adamw_step_(params: list[Tensor], items: list[AdamWTensor], *, moments: str, rms: str, grad_rms_norm: bool,
                 backend: str | None, state, stats: DwStats | None) -> bool:
@@ -109,13 +135,15 @@ def adamw_step_(params: list[Tensor], items: list[AdamWTensor], *, moments: str,
     layers = {i: lay for i, p in enumerate(params) if (lay := _support_layer(p)) is not None}
     if not layers:
         return False
+    for i in layers:
+        if items[i].param.numel() != params[i].numel():       # a shard (FSDP2) of the whole weight
+            raise ConfigError(f"{items[i].name}: support dW on sharded parameters is not supported yet "
+                              f"(its tracked indices cover the whole weight); use sparsity.dw_mode=dense with FSDP")
     # the policies' end_step (an optimizer pre-hook) has run: `computed` is what this step's backward passes
     # computed (None: a dense refresh), `tracked` the entries the coming support steps compute (incl. support)
     refresh = {i: lay.dw_policy.computed is None for i, lay in layers.items()}
     step_type = "refresh" if any(refresh.values()) else "support"
-    grads = [it.grad for it in items]
-    tracked = [it.grad.reshape(-1)[stored_index(layers[i], layers[i].dw_policy.tracked)]
-               if i in layers and layers[i].dw_policy.tracked is not None else it.grad for i, it in enumerate(items)]
+    grads, tracked = [it.grad for it in items], tracked_grads(params, items)
     scales = {"all": grad_rms_scale(grads), "tracked": grad_rms_scale(tracked)}
     scale = scales[rms] if grad_rms_norm else 1.0
     before = {i: items[i].param != 0 for i in layers} if stats is not None else {}
@@ -141,6 +169,10 @@ def adamw_step_(params: list[Tensor], items: list[AdamWTensor], *, moments: str,
         stats.add_scale("used", step_type, float(scale))
         for kind, value in scales.items():
             stats.add_scale(kind, step_type, float(value))
+        if step_type == "refresh":            # the off-support part of the dense dW in the squared gradient norm
+            w = list(layers)
+            stats.add_share("all", 1 - _sq(tracked) / max(_sq(grads), 1e-300))
+            stats.add_share("weights", 1 - _sq([tracked[i] for i in w]) / max(_sq([grads[i] for i in w]), 1e-300))
         for i in layers:
             entered = int(((items[i].param != 0) & ~before[i]).sum())
             kind = "refresh" if refresh[i] else "support"
@@ -149,6 +181,10 @@ def adamw_step_(params: list[Tensor], items: list[AdamWTensor], *, moments: str,
                 stats.layer_refreshes += 1
                 stats.layer_refreshes_entered += int(entered > 0)
     return True
+
+
+def _sq(grads: list[Tensor]) -> float:
+    return float(torch.stack(torch._foreach_norm([g.float() for g in grads])).double().pow(2).sum())
 
 
 def _finish_lazy(lazy: list, backend: str | None) -> None:
