@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-pairs", type=int, default=256)
     ap.add_argument("--steps", type=int, default=None, help="train.steps of every arm (default: the preset's)")
     ap.add_argument("--only", nargs="*", default=None, help="run only these arms (the report needs all)")
+    ap.add_argument("--commit", default=None, help="the code's commit, when run from a copy outside git")
     args = ap.parse_args(argv)
     os.environ.setdefault("SPARSEFORMER_CACHE", str(args.runs / "cache"))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
         (args.out / "results.partial.json").write_text(json.dumps(models, indent=1))
     if args.only is not None:
         return 0
-    doc = dict(commit=_git("rev-parse", "--short", "HEAD"), date=time.strftime("%Y-%m-%d"),
+    doc = dict(commit=args.commit or _git("rev-parse", "--short", "HEAD"), date=time.strftime("%Y-%m-%d"),
                machine=f"{platform.machine()}, {os.cpu_count()} cores, torch {__import__('torch').__version__}",
                command="flock /work/coord/cpu.lock python bench/support_dw_experiment.py "
                + " ".join(argv or sys.argv[1:]),
