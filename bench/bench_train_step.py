@@ -7,7 +7,8 @@ Engines (the GPT of sparseformer.model at a fixed weight density, protection off
   ours          SparseLinear (the dispatcher's matmul method per layer) + SparseAdamW, dW "dense" (the
                 same algorithm as paper)
   ours-support  the same with dW "support" (opt-in, changes the algorithm: dW on the support plus
-                candidates, dense every --dense-every backward passes)
+                candidates by the SDDMM method the dispatcher picks, dense every --dense-every optimizer
+                steps; bench_support_dw.py times it per refresh interval)
   ours@M        "ours" with every sparse layer forced to matmul method M (e.g. ours@ell, ours@dense), to
                 measure a kernel the dispatcher does not pick yet; ours-support@M likewise
 The sparse tensors and their k come from sparseformer.sparsity.params, as in training. Steps of the
@@ -252,7 +253,7 @@ def to_markdown(env, cfg, rows, args, argv) -> str:
              f"n_head {m.n_head}, afrac {m.afrac}; batch {args.batch_size} x {args.seq_len} tokens; "
              f"embed/bias density {args.embed_ratio_used:g} x d; protection off",
              f"- {args.steps} steps per engine from the same projected init on the same batches (first "
-             f"{args.warmup} untimed); ours-support: dense dW every {args.dense_every} passes, candidates "
+             f"{args.warmup} untimed); ours-support: dense dW every {args.dense_every} steps, candidates "
              f"{args.candidates:g} x nnz",
              f"- command: `{' '.join(argv)}`", "",
              "| density | engine | tokens/s (median) | tokens/s (best) | step ms | speedup vs paper | "

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .. import kernels
 from ..config import SparsityConfig
 from ..errors import ConfigError
-from ..kernels.adamw import AdamWTensor, grad_rms_scale
+from ..kernels.adamw import GRAD_RMS_EPS, AdamWTensor
 from ..layers import SparseProduct, owner_of
 from ..layers.support_dw import begin_step, stored_index, support_layers
 
@@ -144,7 +144,13 @@ def adamw_step_(params: list[Tensor], items: list[AdamWTensor], *, moments: str,
     refresh = {i: lay.dw_policy.computed is None for i, lay in layers.items()}
     step_type = "refresh" if any(refresh.values()) else "support"
     grads, tracked = [it.grad for it in items], tracked_grads(params, items)
-    scales = {"all": grad_rms_scale(grads), "tracked": grad_rms_scale(tracked)}
+    norms = {"all": _norms(grads)}                  # one pass over every gradient; the tracked parts are small
+    norms["tracked"] = list(norms["all"])
+    sub = _norms([tracked[i] for i in layers])
+    for j, i in enumerate(layers):
+        norms["tracked"][i] = sub[j]
+    scales = {kind: _scale(norms[kind], sum(g.numel() for g in gs)) for kind, gs in (("all", grads),
+                                                                                     ("tracked", tracked))}
     scale = scales[rms] if grad_rms_norm else 1.0
     before = {i: items[i].param != 0 for i in layers} if stats is not None else {}
 
@@ -170,9 +176,9 @@ def adamw_step_(params: list[Tensor], items: list[AdamWTensor], *, moments: str,
         for kind, value in scales.items():
             stats.add_scale(kind, step_type, float(value))
         if step_type == "refresh":            # the off-support part of the dense dW in the squared gradient norm
-            w = list(layers)
-            stats.add_share("all", 1 - _sq(tracked) / max(_sq(grads), 1e-300))
-            stats.add_share("weights", 1 - _sq([tracked[i] for i in w]) / max(_sq([grads[i] for i in w]), 1e-300))
+            for over, keep in (("all", range(len(items))), ("weights", layers)):
+                sq = {kind: sum(float(norms[kind][i]) ** 2 for i in keep) for kind in norms}
+                stats.add_share(over, 1 - sq["tracked"] / max(sq["all"], 1e-300))
         for i in layers:
             entered = int(((items[i].param != 0) & ~before[i]).sum())
             kind = "refresh" if refresh[i] else "support"
@@ -183,8 +189,15 @@ def adamw_step_(params: list[Tensor], items: list[AdamWTensor], *, moments: str,
     return True
 
 
-def _sq(grads: list[Tensor]) -> float:
-    return float(torch.stack(torch._foreach_norm([g.float() for g in grads])).double().pow(2).sum())
+def _norms(grads: list[Tensor]) -> list[Tensor]:
+    """Per-tensor float32 norms, as kernels.adamw.grad_rms_scale takes them."""
+    return list(torch._foreach_norm([g if g.dtype == torch.float32 else g.float() for g in grads])) if grads else []
+
+
+def _scale(norms: list[Tensor], n: int) -> float:
+    """kernels.adamw.grad_rms_scale from per-tensor norms: 1 / (||g|| / sqrt(n) + eps)."""
+    sq = torch.stack(norms).double().pow(2).sum()
+    return float((1.0 / (torch.sqrt(sq / n) + GRAD_RMS_EPS)).float())
 
 
 def _finish_lazy(lazy: list, backend: str | None) -> None:
