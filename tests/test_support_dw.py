@@ -19,20 +19,7 @@ from sparseformer.sparsity.params import configure, param_groups, write_ks
 from sparseformer.kernels.adamw import AdamWTensor
 from sparseformer.sparsity.support_dw import begin_step, configure_dw, dw_state, load_dw_state, rms_terms
 from sparseformer.train import train
-from test_train import SNIPPET, micro
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    for i in range(24):
-        (root / f"mod{i}.py").write_text(SNIPPET.replace("add", f"add{i}").replace("10", str(i + 3)) * 3)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SPARSEFORMER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+from test_train import _cache, corpus, micro  # noqa: F401 (the corpus fixtures of the training tests)
 
 
 def small_gpt(dense_every=2, candidates=1.0, seed=0):
