@@ -45,6 +45,7 @@ def arms(args) -> list[dict]:
 
 
 def run_arm(arm: dict, runs: Path, eval_pairs: int, steps: int | None) -> dict:
+    import torch
     from sparseformer.checkpoint import read_metrics
     from sparseformer.config import apply_overrides, get_preset
     from sparseformer.pipeline import run_pipeline
@@ -60,7 +61,7 @@ def run_arm(arm: dict, runs: Path, eval_pairs: int, steps: int | None) -> dict:
     s = run_pipeline(cfg, runs / arm["name"], task=TASK, eval_pairs=eval_pairs, progress=False, fallback=False)
     rows = read_metrics(runs / arm["name"])
     timed = [r["tokens_per_s"] for r in rows if "val_loss" not in r and r.get("tokens_per_s")]
-    doc = dict(arm, final_val_loss=s["val_loss"], train_seconds=s["seconds"]["train"],
+    doc = dict(arm, threads=torch.get_num_threads(), final_val_loss=s["val_loss"], train_seconds=s["seconds"]["train"],
                seconds=time.perf_counter() - t0, tokens_per_s=statistics.median(timed) if timed else None,
                val_curve=[(r["step"], r["val_loss"]) for r in rows if "val_loss" in r],
                eval=s["eval"], mean_task_loss=sum(r["loss"] for r in s["eval"]) / len(s["eval"]),
@@ -144,13 +145,18 @@ def markdown(doc: dict) -> str:
         a = v["arms"].get(m["name"])
         par = "-" if a is None else ("yes" if a["within_spread"] and a["within_1pct"] else "no")
         rel = "-" if a is None else f"{100 * a['rel_vs_seed0']:+.2f}%"
+        threads = f"{m['threads']} thr" if m.get("threads") else "2 thr"       # arms run before --threads: the default
         dw = m.get("dw", {}).get("all")
         frac = "-" if not dw else f"{_fmt(dw['frac_refreshes_entered'], '.2f')} of {dw['dw_layer_refreshes']}"
         ent = "-" if not dw else f"{dw['dw_entered_at_refresh']:,} / {dw['dw_entered_between']:,}"
         lines.append(f"| {m['name']} | {m['final_val_loss']:.4f} | {rel} | {par} | {m['mean_task_loss']:.4f} | "
-                     f"{q['loss']:.4f} ({q['accuracy']:.3f}) | {circ} | {_fmt(m['tokens_per_s'], '.0f')} | {frac} | "
+                     f"{q['loss']:.4f} ({q['accuracy']:.3f}) | {circ} | {_fmt(m['tokens_per_s'], '.0f')} ({threads}) | "
+                     f"{frac} | "
                      f"{ent} |" if q else f"| {m['name']} | {m['final_val_loss']:.4f} | | | | | | | | |")
-    lines += ["", "Refreshes with entries: the fraction of (layer, refresh step) pairs in which at least one weight "
+    lines += ["", "Tokens/s: the median over the run's logged windows, at the given torch thread count, on a 2-core "
+              "machine that other jobs shared at times (slow phases of 5-10x were seen): indicative only; "
+              "bench/results/support_dw_step_cpu.md has the step times measured side by side.", "",
+              "Refreshes with entries: the fraction of (layer, refresh step) pairs in which at least one weight "
               "entered that layer's support (every sparse linear layer, 9 in the tiny model, at every refresh "
               "step). Entered: weights that joined a support at refresh steps / at the steps between (from the "
               "tracked set).", "",
@@ -200,8 +206,12 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="train.steps of every arm (default: the preset's)")
     ap.add_argument("--only", nargs="*", default=None, help="run only these arms (the report needs all)")
     ap.add_argument("--commit", default=None, help="the code's commit, when run from a copy outside git")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (results do not depend on it)")
     args = ap.parse_args(argv)
     os.environ.setdefault("SPARSEFORMER_CACHE", str(args.runs / "cache"))
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     models = []
     for arm in arms(args):
