@@ -46,7 +46,7 @@ def arms(args) -> list[dict]:
 
 def run_arm(arm: dict, runs: Path, eval_pairs: int, steps: int | None) -> dict:
     import torch
-    from sparseformer.checkpoint import read_metrics
+    from sparseformer.checkpoint import read_metrics, read_state
     from sparseformer.config import apply_overrides, get_preset
     from sparseformer.pipeline import run_pipeline
 
@@ -57,6 +57,9 @@ def run_arm(arm: dict, runs: Path, eval_pairs: int, steps: int | None) -> dict:
     cached = runs / arm["name"] / "support_dw_arm.json"
     if cached.is_file():                       # evaluated and pruned before: a rerun only rebuilds the report
         return json.loads(cached.read_text())
+    # an interrupted arm resumes from its last checkpoint (bit-identical to an uninterrupted run); its
+    # seconds then count the resumed part only, which the report says
+    resumed = read_state(runs / arm["name"]).get("step") or None if (runs / arm["name"] / "config.json").is_file() else None
     t0 = time.perf_counter()
     s = run_pipeline(cfg, runs / arm["name"], task=TASK, eval_pairs=eval_pairs, progress=False, fallback=False)
     rows = read_metrics(runs / arm["name"])
@@ -65,7 +68,7 @@ def run_arm(arm: dict, runs: Path, eval_pairs: int, steps: int | None) -> dict:
                seconds=time.perf_counter() - t0, tokens_per_s=statistics.median(timed) if timed else None,
                val_curve=[(r["step"], r["val_loss"]) for r in rows if "val_loss" in r],
                eval=s["eval"], mean_task_loss=sum(r["loss"] for r in s["eval"]) / len(s["eval"]),
-               circuit=s["circuit"])
+               circuit=s["circuit"], resumed_at_step=resumed)
     if arm.get("n"):
         doc["dw"] = dw_summary(rows, cfg.train.steps)
     cached.write_text(json.dumps(doc, indent=1))
@@ -134,7 +137,9 @@ def markdown(doc: dict) -> str:
              f"seed 0 = {v['ref_seed0']:.4f}. "
              "Parity: final validation loss at most the worst dense seed's AND within 1% of dense seed 0 "
              "(same seed, same tokens).", "",
-             "Largest N at parity: " + ", ".join(f"{c}: {n}" for c, n in v["largest_n_at_parity"].items()), "",
+             "Largest N at parity, among the N that ran for each budget: "
+             + ", ".join(f"{c}: {n}" for c, n in v["largest_n_at_parity"].items()), "",
+             "Not run (left out with --only): " + (", ".join(doc["not_run"]) or "none") + ".", "",
              "| arm | final val loss | vs dense s0 | parity | mean task loss | quote loss (acc) | quote circuit "
              "nodes / edges | tokens/s (CPU) | refreshes with entries | entered at refreshes / between |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -149,11 +154,14 @@ def markdown(doc: dict) -> str:
         dw = m.get("dw", {}).get("all")
         frac = "-" if not dw else f"{_fmt(dw['frac_refreshes_entered'], '.2f')} of {dw['dw_layer_refreshes']}"
         ent = "-" if not dw else f"{dw['dw_entered_at_refresh']:,} / {dw['dw_entered_between']:,}"
-        lines.append(f"| {m['name']} | {m['final_val_loss']:.4f} | {rel} | {par} | {m['mean_task_loss']:.4f} | "
+        name = m["name"] + (f" (resumed at step {m['resumed_at_step']})" if m.get("resumed_at_step") else "")
+        lines.append(f"| {name} | {m['final_val_loss']:.4f} | {rel} | {par} | {m['mean_task_loss']:.4f} | "
                      f"{q['loss']:.4f} ({q['accuracy']:.3f}) | {circ} | {_fmt(m['tokens_per_s'], '.0f')} ({threads}) | "
                      f"{frac} | "
-                     f"{ent} |" if q else f"| {m['name']} | {m['final_val_loss']:.4f} | | | | | | | | |")
-    lines += ["", "Tokens/s: the median over the run's logged windows, at the given torch thread count, on a 2-core "
+                     f"{ent} |" if q else f"| {name} | {m['final_val_loss']:.4f} | | | | | | | | |")
+    lines += ["", "An arm marked resumed was stopped and resumed from its last checkpoint (resume is exact); the "
+              "minutes above count its resumed part only.", "",
+              "Tokens/s: the median over the run's logged windows, at the given torch thread count, on a 2-core "
               "machine that other jobs shared at times (slow phases of 5-10x were seen): indicative only; "
               "bench/results/support_dw_step_cpu.md has the step times measured side by side.", "",
               "Refreshes with entries: the fraction of (layer, refresh step) pairs in which at least one weight "
@@ -204,7 +212,9 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", type=float, nargs="+", default=[0.5, 2.0])
     ap.add_argument("--eval-pairs", type=int, default=256)
     ap.add_argument("--steps", type=int, default=None, help="train.steps of every arm (default: the preset's)")
-    ap.add_argument("--only", nargs="*", default=None, help="run only these arms (the report needs all)")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="run only these arms of the grid; the report covers them and names the arms left out "
+                         "(it needs dense-s0)")
     ap.add_argument("--commit", default=None, help="the code's commit, when run from a copy outside git")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (results do not depend on it)")
     args = ap.parse_args(argv)
@@ -213,22 +223,28 @@ def main(argv=None) -> int:
         import torch
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    models = []
-    for arm in arms(args):
+    grid = arms(args)
+    unknown = sorted(set(args.only or ()) - {a["name"] for a in grid})
+    if unknown:
+        ap.error(f"--only names arms outside the grid: {', '.join(unknown)}")
+    models, skipped = [], []
+    for arm in grid:
         if args.only is not None and arm["name"] not in args.only:
+            skipped.append(arm["name"])
             continue
         print(f"[support_dw] {arm['name']} ...", file=sys.stderr, flush=True)
         models.append(run_arm(arm, args.runs, args.eval_pairs, args.steps))
         print(f"[support_dw] {arm['name']}: val {models[-1]['final_val_loss']:.4f}, "
               f"{models[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
         (args.out / "results.partial.json").write_text(json.dumps(models, indent=1))
-    if args.only is not None:
+    if not any(m["name"] == "dense-s0" for m in models):
+        print("[support_dw] no report: it compares every arm with dense-s0, which did not run", file=sys.stderr)
         return 0
     doc = dict(commit=args.commit or _git("rev-parse", "--short", "HEAD"), date=time.strftime("%Y-%m-%d"),
                machine=f"{platform.machine()}, {os.cpu_count()} cores, torch {__import__('torch').__version__}",
                command="flock /work/coord/cpu.lock python bench/support_dw_experiment.py "
                + " ".join(argv or sys.argv[1:]),
-               models=models, verdicts=verdicts(models))
+               models=models, not_run=skipped, verdicts=verdicts(models))
     (args.out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     (args.out / "results.md").write_text(markdown(doc))
     plots(doc, args.out)
