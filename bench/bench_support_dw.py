@@ -37,9 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_spmm import _frac, t_ideal_ms, write_results  # noqa: E402
 from bench_train_step import build, initial_model, markov_batches, step_fn  # noqa: E402
-from common import device_line, env_header, sync  # noqa: E402
+from common import device_line, env_header, parse_run_args, sync  # noqa: E402
 
-from sparseformer.checkpoint import resolve_device  # noqa: E402
 from sparseformer.config import SparsityConfig, TrainConfig, get_preset, paper  # noqa: E402
 from sparseformer.layers.support_dw import begin_step  # noqa: E402
 
@@ -165,11 +164,7 @@ def main(argv=None) -> int:
                     help="a committed GPU bench_train_step run: its paper-way step at 1/1024 for the estimate")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--name", default=None)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = resolve_device(args.device)
+    args, dev = parse_run_args(ap, argv)
     gpu = dev.type == "cuda"
     cfg = get_preset(args.preset or "tiny") if (args.preset or not gpu) else paper(width=8.0)
     args.preset_label = args.preset or ("tiny" if not gpu else "paper width 8")

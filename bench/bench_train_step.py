@@ -39,9 +39,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_spmm import _frac, write_results  # noqa: E402
-from common import device_line, env_header, sync  # noqa: E402
+from common import device_line, env_header, parse_run_args, sync  # noqa: E402
 
-from sparseformer.checkpoint import resolve_device  # noqa: E402
 from sparseformer.config import SparsityConfig, TrainConfig, get_preset, paper  # noqa: E402
 from sparseformer.layers import densify, sparse_layers, sparse_tensors, sparsify  # noqa: E402
 from sparseformer.model import GPT, AbsTopK  # noqa: E402
@@ -316,11 +315,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--name", default=None)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = resolve_device(args.device)
+    args, dev = parse_run_args(ap, argv)
     gpu = dev.type == "cuda"
     cfg = bench_config(args, gpu)
     if args.quick:
