@@ -39,8 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout without install
-from common import device_line, env_header, sync  # noqa: E402
-from sparseformer.checkpoint import resolve_device  # noqa: E402
+from common import device_line, env_header, parse_run_args, sync  # noqa: E402
 from sparseformer.kernels.sparse_format import compact  # noqa: E402
 from sparseformer.kernels.spmm import dds, plan_linear, sdd  # noqa: E402
 from sparseformer.kernels.spmm.methods import names as method_names  # noqa: E402
@@ -163,7 +162,8 @@ def providers(op, w_dense, w, sw, x, dy, device, density, methods):
     elif op == "dW(support)":
         be = "triton" if device.type == "cuda" else "torch"
         out["dense"] = lambda: dy.t() @ x
-        out["ours:support"] = lambda: sdd(dy, x, sw.row, sw.col, backend=be)
+        kernel = "sddmm" if be != "torch" else None          # the GPU's own kernel, not the GEMM fallback
+        out["ours:support"] = lambda: sdd(dy, x, sw.row, sw.col, backend=be, method=kernel)
         return out
     key = "fwd" if op == "fwd" else "dx"
     a = x if op == "fwd" else dy
@@ -353,11 +353,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads (1 gives stable numbers on a shared machine)")
     ap.add_argument("--slow-factor", type=float, default=30.0, help="skip providers this much slower than dense")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = resolve_device(args.device)
+    args, dev = parse_run_args(ap, argv)
     gpu = dev.type == "cuda"
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if gpu else torch.float32)
     if gpu:

@@ -7,7 +7,8 @@ Engines (the GPT of sparseformer.model at a fixed weight density, protection off
   ours          SparseLinear (the dispatcher's matmul method per layer) + SparseAdamW, dW "dense" (the
                 same algorithm as paper)
   ours-support  the same with dW "support" (opt-in, changes the algorithm: dW on the support plus
-                candidates, dense every --dense-every backward passes)
+                candidates by the SDDMM method the dispatcher picks, dense every --dense-every optimizer
+                steps; bench_support_dw.py times it per refresh interval)
   ours@M        "ours" with every sparse layer forced to matmul method M (e.g. ours@ell, ours@dense), to
                 measure a kernel the dispatcher does not pick yet; ours-support@M likewise
 The sparse tensors and their k come from sparseformer.sparsity.params, as in training. Steps of the
@@ -38,9 +39,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_spmm import _frac, write_results  # noqa: E402
-from common import device_line, env_header, sync  # noqa: E402
+from common import device_line, env_header, parse_run_args, sync  # noqa: E402
 
-from sparseformer.checkpoint import resolve_device  # noqa: E402
 from sparseformer.config import SparsityConfig, TrainConfig, get_preset, paper  # noqa: E402
 from sparseformer.layers import densify, sparse_layers, sparse_tensors, sparsify  # noqa: E402
 from sparseformer.model import GPT, AbsTopK  # noqa: E402
@@ -252,7 +252,7 @@ def to_markdown(env, cfg, rows, args, argv) -> str:
              f"n_head {m.n_head}, afrac {m.afrac}; batch {args.batch_size} x {args.seq_len} tokens; "
              f"embed/bias density {args.embed_ratio_used:g} x d; protection off",
              f"- {args.steps} steps per engine from the same projected init on the same batches (first "
-             f"{args.warmup} untimed); ours-support: dense dW every {args.dense_every} passes, candidates "
+             f"{args.warmup} untimed); ours-support: dense dW every {args.dense_every} steps, candidates "
              f"{args.candidates:g} x nnz",
              f"- command: `{' '.join(argv)}`", "",
              "| density | engine | tokens/s (median) | tokens/s (best) | step ms | speedup vs paper | "
@@ -315,11 +315,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--name", default=None)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = resolve_device(args.device)
+    args, dev = parse_run_args(ap, argv)
     gpu = dev.type == "cuda"
     cfg = bench_config(args, gpu)
     if args.quick:

@@ -13,12 +13,15 @@ On the CPU a median over repetitions of `time.perf_counter`.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
+import logging
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -27,6 +30,16 @@ from collections.abc import Callable, Sequence
 import torch
 
 SLOW_MS = 50.0
+
+
+def parse_run_args(ap: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, torch.device]:
+    """A bench's start: parse `argv`, log INFO lines to stderr, apply --threads, resolve --device."""
+    from sparseformer.checkpoint import resolve_device
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args, resolve_device(args.device)
 
 
 def sync(device) -> None:

@@ -119,14 +119,15 @@ if [ "$HAS_GPU" = "1" ]; then
   export GPU_CHECK_WORK=$WORK
   # HOOK 1, distributed smoke test (torchrun on the one GPU), at most 30 s:
   HOOK_DISTRIBUTED=${HOOK_DISTRIBUTED:-$PY bench/bench_distributed.py --out $WORK --name bench_distributed --gpu-timeout 28}
-  # HOOK 2, the support-dW training step, at most 30 s:
-  HOOK_SUPPORT_DW=${HOOK_SUPPORT_DW:-}
+  # HOOK 2, the support-dW training step (docs/support-dw.md), at most 30 s: refresh and support steps of
+  # the d_model 2048 model at 1/1024 beside paper and ours, then the step time at each refresh interval N
+  HOOK_SUPPORT_DW=${HOOK_SUPPORT_DW:-$PY bench/bench_support_dw.py --out $WORK --name bench_support_dw --steps 8 --candidates 0.5 2}
   [ -n "$HOOK_DISTRIBUTED" ] && step hook_distributed "$(cap 30)" bash -c "$HOOK_DISTRIBUTED"
-  [ -n "$HOOK_SUPPORT_DW" ] && step hook_support_dw "$(cap 30)" bash -c "$HOOK_SUPPORT_DW"
+  [ -n "$HOOK_SUPPORT_DW" ] && step hook_support_dw "$(cap "$(capof hook_support_dw 30)")" bash -c "$HOOK_SUPPORT_DW"
 
   # ---------------------------------------------------------------- every other bench/bench_*.py
   # (e.g. bench_deterministic), CAP_<name> seconds each (default 45), keeping about 90 s for the tests
-  GOAL_BENCHES=" bench_abstopk profile_step bench_spmm bench_topk bench_train_step bench_distributed "
+  GOAL_BENCHES=" bench_abstopk profile_step bench_spmm bench_topk bench_train_step bench_distributed bench_support_dw "
   for b in $(ls bench/bench_*.py | xargs -n1 basename | sed 's/\.py$//'); do
     case "$GOAL_BENCHES" in *" $b "*) continue ;; esac
     [ "$(left)" -lt 120 ] && { say "$b: skipped (budget kept for the tests)"; continue; }

@@ -243,11 +243,12 @@ def load_module_weights(run_dir: Path, modules: dict[str, torch.nn.Module], expe
 
 def load_optimizer_state(run_dir: Path, model: torch.nn.Module, optimizer, expect_step: int,
                          place: Callable[[torch.nn.Parameter, torch.Tensor], torch.Tensor] | None = None,
-                         modules: dict[str, torch.nn.Module] | None = None) -> None:
+                         modules: dict[str, torch.nn.Module] | None = None) -> dict[str, torch.Tensor]:
     """Load the current optim.safetensors into `optimizer` (its moments must be at `expect_step`); the
-    moments of `modules` trained with the model too. `place(p, whole)` turns a whole CPU moment of parameter
-    p into what the optimizer holds (default: the tensor on p's device and dtype; a sharded run keeps its
-    rows)."""
+    moments of `modules` trained with the model too. Returns every tensor of the file (the moments and any
+    other resume state saved beside them, such as support-dW tracked sets). `place(p, whole)` turns a whole
+    CPU moment of parameter p into what the optimizer holds (default: the tensor on p's device and dtype; a
+    sharded run keeps its rows)."""
     place = place or (lambda p, whole: whole.to(p.device, p.dtype))
     path = checkpoint_file(run_dir, OPTIM_FILE)
     tensors, meta = load_tensors(path)
@@ -265,6 +266,7 @@ def load_optimizer_state(run_dir: Path, model: torch.nn.Module, optimizer, expec
                 }
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is corrupt ({type(e).__name__}: {e}); restore it or retrain") from None
+    return tensors
 
 
 def resolve_device(device: str) -> torch.device:

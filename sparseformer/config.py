@@ -85,6 +85,12 @@ class SparsityConfig:
     anneal_end: float = 0.5           # ... and ends (0.8 for the largest/sparsest models)
     anneal_power: float = 1.0         # s <- 1 - (1 - s)^p; 1 = linear
     embed_schedule: str = "paper"     # "paper" (embeddings/biases dense until late) or "fixed" (docs/method.md)
+    # weight gradients of the sparse linear layers (docs/support-dw.md): "dense" (the paper's) or "support"
+    dw_mode: str = "dense"
+    dense_every: int = 16             # support: a dense dW every N optimizer steps
+    candidates: float = 1.0           # support: off-support entries tracked from each dense dW, x k
+    dw_moments: str = "lazy"          # support: Adam moments of entries without a gradient: "lazy" | "decay"
+    dw_rms: str = "tracked"           # support: gradient RMS over "tracked" entries (steady) or "all"
 
     def validate(self) -> None:
         for name in ("weight_density", "embed_density"):
@@ -103,6 +109,18 @@ class SparsityConfig:
             raise ConfigError(f"sparsity.embed_schedule={self.embed_schedule!r}; choose 'paper' or 'fixed'")
         if self.protect_per_neuron < 0:
             raise ConfigError(f"sparsity.protect_per_neuron={self.protect_per_neuron} must be >= 0")
+        for name, allowed in (("dw_mode", ("dense", "support")), ("dw_moments", ("lazy", "decay")),
+                              ("dw_rms", ("tracked", "all"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"sparsity.{name}={getattr(self, name)!r} is unknown; choose one of {allowed}")
+        if not isinstance(self.dense_every, int) or self.dense_every < 1:
+            raise ConfigError(f"sparsity.dense_every={self.dense_every!r} must be an integer >= 1 (1: dense every "
+                              f"step, as dw_mode='dense')")
+        if not isinstance(self.candidates, (int, float)) or self.candidates < 0:
+            raise ConfigError(f"sparsity.candidates={self.candidates!r} must be >= 0 (a multiple of k)")
+        if self.dense and self.dw_mode == "support":
+            raise ConfigError("sparsity.dw_mode='support' needs sparse weights but sparsity.dense is true; "
+                              "drop one of them")
 
     @property
     def final_embed_density(self) -> float:
@@ -147,10 +165,15 @@ class DataConfig:
     source: str = "stdlib"            # "stdlib", a directory, a .jsonl file or a text file
     val_frac: float = 0.02            # fraction of files held out for validation
     max_tokenizer_bytes: int = 4_000_000
+    seed: int | None = None           # validation split and tokenizer sample; None = train.seed
 
     def validate(self) -> None:
         if not 0 < self.val_frac < 1:
             raise ConfigError(f"data.val_frac={self.val_frac} must be in (0, 1)")
+        if isinstance(self.seed, float) and self.seed.is_integer():
+            self.seed = int(self.seed)              # `--set data.seed=1` parses as a float (the default is None)
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise ConfigError(f"data.seed={self.seed!r} must be an integer (or none: train.seed)")
 
 
 @dataclass

@@ -36,10 +36,12 @@ from .determinism import deterministic_mode
 from .distributed import (DistContext, PeerLost, ShardedSparseAdamW, check_batch, full_state, gradient_sync,
                           init_context, micro_batches, planned_world_size, wrap_model)
 from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .layers.support_dw import support_layers
 from .model import GPT
 from .sparsity.optimizer import SparseAdamW
 from .sparsity.params import check_protection, configure, param_groups, write_ks
 from .sparsity.schedule import embed_density, learning_rate, weight_density
+from .sparsity.support_dw import begin_step, configure_dw, dw_state, load_dw_state
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +183,7 @@ def _build(cfg: RunConfig, out: Path, start: int, ctx: DistContext, extra: dict[
     tc, sc = cfg.train, cfg.sparsity
     model = GPT(cfg.model)
     check_protection(configure(model, sc), sc)        # the layers hold k from here on
+    configure_dw(model, sc)                           # ... and their dW policy (docs/support-dw.md)
     if start > 0:
         ckpt.load_model_weights(out, model, expect_step=start)
     model.to(ctx.device).train()
@@ -192,11 +195,12 @@ def _build(cfg: RunConfig, out: Path, start: int, ctx: DistContext, extra: dict[
     groups = param_groups(model, weight_decay=tc.weight_decay)
     for module in extra.values():
         groups += param_groups(module, weight_decay=tc.weight_decay)
-    hyper = dict(lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, grad_rms_norm=tc.grad_rms_norm, backend=tc.backend)
+    hyper = dict(lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, grad_rms_norm=tc.grad_rms_norm, backend=tc.backend,
+                 dw_moments=sc.dw_moments, dw_rms=sc.dw_rms)
     optimizer = ShardedSparseAdamW(groups, ctx, **hyper) if ctx.mode == "fsdp" else SparseAdamW(groups, **hyper)
     if start > 0:
         place = ShardedSparseAdamW.place_state if ctx.mode == "fsdp" else None
-        ckpt.load_optimizer_state(out, model, optimizer, start, place=place, modules=extra)
+        load_dw_state(model, ckpt.load_optimizer_state(out, model, optimizer, start, place=place, modules=extra))
     return model, wrapped, optimizer
 
 
@@ -209,8 +213,13 @@ def _save(out: Path, ctx: DistContext, model, optimizer, step: int, ks: dict[str
         states.update({f"{prefix}.{n}": dict(optimizer.state[p]) for n, p in module.named_parameters()
                        if optimizer.state.get(p)})
     modules = {name: m.state_dict() for name, m in extra.items()}
-    ctx.on_main(lambda: ckpt.write_checkpoint(out, step, tensors, {"ks": ks, "finished": finished},
-                                              *ckpt.optimizer_tensors(states), modules))
+
+    def write() -> None:
+        optim_tensors, optim_meta = ckpt.optimizer_tensors(states)
+        optim_tensors.update(dw_state(model))         # support-dW tracked sets: the same on every rank
+        ckpt.write_checkpoint(out, step, tensors, {"ks": ks, "finished": finished}, optim_tensors, optim_meta,
+                              modules)
+    ctx.on_main(write)
 
 
 def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: int | None, ctx: DistContext,
@@ -228,6 +237,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
     start = int(state["step"])
     extra = dict(objective.modules) if objective is not None else {}
     model, wrapped, optimizer = _build(cfg, out, start, ctx, extra)
+    support = bool(support_layers(model))
     if resume:
         ctx.on_main(lambda: ckpt.truncate_metrics(out, start))
     device = ctx.device
@@ -265,6 +275,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
             ks = write_ks(model, step, total, sc)            # the schedule writes k into the layers
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            begin_step(model, step)            # support dW: is this step a refresh (dense dW on its backward)
             x, y = dataset.get_batch("train", tc.batch_size, tc.seq_len, step, tc.seed)
             micro = micro_batches(x, y, ctx.rank, ctx.world_size, grad_accum)
             terms.clear()
@@ -288,6 +299,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool, max_steps: i
                            tokens_per_s=round(tokens_since / dt, 1) if dt > 0 else None)
                 if measure_val:
                     row["val_loss"] = round(val_loss, 5)
+                if support:
+                    row.update(optimizer.dw_stats.row())
                 row.update(terms)
                 if measure_val and objective is not None:
                     row.update(objective.evaluate(model, dataset, cfg, device))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..sparse_format import compact
 from . import methods
 from .launch import run_planned, tokens_major, usable
 from .plan import LinearPlan, plan_linear
@@ -55,8 +54,7 @@ class _SparseLinearFn(torch.autograd.Function):
             if policy is None or policy.mode == "dense":
                 dw = (dy2.t() @ x2).to(weight.dtype)
             else:
-                sw = plan.sw if plan.sw is not None else compact(weight)
-                dw = policy.grad(dy2, x2, weight, sw, plan.backend)
+                dw = policy.grad(dy2, x2, weight, plan.sw, plan.backend)
         if need_db and ctx.has_bias:
             db = dy2.float().sum(0).to(ctx.bias_dtype)
         return dx, dw, db, None, None
@@ -83,6 +81,5 @@ def sparse_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, plan
         raise ValueError(f"sparse_linear: x {tuple(x.shape)} does not fit weight {tuple(weight.shape)}")
     x = x.to(compute_dtype(x, weight))
     if plan is None:
-        plan = plan_linear(weight, dtype=x.dtype, backend=backend, method=method,
-                           dw_mode=dw.mode if dw is not None else "dense")
+        plan = plan_linear(weight, dtype=x.dtype, backend=backend, method=method)
     return _SparseLinearFn.apply(x, weight, bias, plan, dw)

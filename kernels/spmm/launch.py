@@ -1,7 +1,9 @@
 """Run a product by method name (the registry in methods.py), and keep training alive when a kernel fails.
 
 `dds(a, w, sw, op, method, bias)`: op "fwd": Y = a W^T (+ bias, fused) [M, N]; op "dx": dX = a W [M, K].
-`sdd(dy, x, rows, cols, backend)`: (dy^T x) at the listed entries, fp32 [Z] (the dW of a support).
+`sdd(dy, x, rows, cols, backend, method)`: (dy^T x) at the listed entries, fp32 [Z] (the dW of a support),
+by one of SDD_METHODS: "gemm" (the dense product, then a gather), "gather" (gathered products in row
+chunks, any device) or "sddmm" (the Triton kernel); `sdd_method` picks one from measurements.
 `run_planned` runs the method a LinearPlan chose. A Triton method the dispatcher chose by itself (not one
 the caller forced) that raises, typically a kernel that does not compile on some Triton version, is
 recorded in FAILED and replaced by masked dense for the rest of the process, with one warning: a training
@@ -11,6 +13,7 @@ run must not die on it. Forced methods raise as usual (tests and benchmarks forc
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch import Tensor
@@ -18,9 +21,9 @@ from torch import Tensor
 from ..sparse_format import SparseWeight
 from . import methods
 from .reference import OPS, dds_ref
-from .torch_kernels import sdd_torch
+from .torch_kernels import sdd_gather, sdd_gemm
 
-__all__ = ["FAILED", "dds", "run_planned", "sdd", "tokens_major"]
+__all__ = ["FAILED", "SDD_METHODS", "dds", "run_planned", "sdd", "sdd_method", "tokens_major"]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,35 @@ def dds(a: Tensor, w: Tensor, sw: SparseWeight | None, op: str, method: str = "d
     return m.fwd(a, w, sw, bias) if op == "fwd" else m.dx(a, w, sw)
 
 
-def sdd(dy: Tensor, x: Tensor, rows: Tensor, cols: Tensor, backend: str = "torch") -> Tensor:
-    """(dy^T x) at the entries (rows[z], cols[z]), fp32 [Z]; the dW of a support."""
-    if backend == "torch" or x.dtype == torch.float64:
-        return sdd_torch(dy, x, rows, cols)
+SDD_METHODS = ("gemm", "gather", "sddmm")
+
+
+def sdd_method(backend: str, z: int, n: int, k: int) -> str:
+    """The SDDMM method for Z entries of an [N, K] weight: SPARSEFORMER_SDD_METHOD when set, else the
+    measured best. CPU (torch): the gathered products below 1/64 of the entries, the BLAS above. GPU: the
+    dense cuBLAS product and a gather at every density measured so far (H200, T=65536, 2048 x 8192 at
+    1/1024: 2.7 ms against 5.0 ms for the Triton SDDMM; docs/support-dw.md)."""
+    forced = os.environ.get("SPARSEFORMER_SDD_METHOD") or None
+    if forced is not None:
+        if forced not in SDD_METHODS:
+            raise ValueError(f"SPARSEFORMER_SDD_METHOD={forced!r} is not one of {SDD_METHODS}")
+        return forced
+    if backend == "torch":
+        return "gemm" if z * 64 >= n * k else "gather"
+    return "gemm"
+
+
+def sdd(dy: Tensor, x: Tensor, rows: Tensor, cols: Tensor, backend: str = "torch",
+        method: str | None = None) -> Tensor:
+    """(dy^T x) at the entries (rows[z], cols[z]), fp32 [Z]; the dW of a support. `method` (default:
+    sdd_method's choice) is one of SDD_METHODS; "sddmm" needs the Triton backend (or the interpreter)."""
+    method = method or sdd_method(backend, rows.numel(), dy.shape[1], x.shape[1])
+    if method == "gemm":
+        return sdd_gemm(dy, x, rows, cols)
+    if method == "gather" or x.dtype == torch.float64:
+        return sdd_gather(dy, x, rows, cols)
+    if method != "sddmm":
+        raise ValueError(f"sdd: method {method!r} is not one of {SDD_METHODS}")
     from .triton_kernels import sddmm_triton
     dy, x = tokens_major(dy), tokens_major(x)    # every gathered column one coalesced load
     return sddmm_triton(dy, x.to(dy.dtype), rows, cols)

@@ -35,7 +35,7 @@ class LinearPlan:
 
 
 def plan_linear(w: Tensor, *, dtype: torch.dtype | None = None, backend: str | None = None,
-                method: str | None = None, dw_mode: str = "dense", sw: SparseWeight | None = None,
+                method: str | None = None, sw: SparseWeight | None = None,
                 density: float | None = None) -> LinearPlan:
     """Plan the products of weight `w` [N, K] (see the module docstring). `method` (or
     SPARSEFORMER_SPMM_METHOD) forces both products' method; `dtype` is the compute dtype (default: w's);
@@ -43,7 +43,7 @@ def plan_linear(w: Tensor, *, dtype: torch.dtype | None = None, backend: str | N
     kind = resolve("spmm", w.device, backend, has_cuda_op=False)
     dtype = dtype or w.dtype
     forced = method or rules.forced_method()
-    if forced is not None and methods.get(forced, kind).fmt is not None or dw_mode == "support":
+    if forced is not None and methods.get(forced, kind).fmt is not None:
         sw = sw if sw is not None else compact(w)
     if forced is None and sw is None and rules.sparsest_dense_density(kind) < 0:
         return LinearPlan(backend=kind, fwd="dense", dx="dense", sw=None, density=density)

@@ -3,8 +3,8 @@
 - "csr": torch.sparse CSR matmul, Y = X (W^T)_csr and dX = dY W_csr; contiguous row-major outputs.
 - "coo": gather the input columns each non-zero reads and index_add the products into the output
   (nnz x rows temporaries, bounded by chunking over rows).
-- `sdd_torch`: the dW of a support: one dense GEMM and a gather when the entries are many (the BLAS wins
-  there), else gathered products summed in row chunks.
+- the dW of a support (launch.sdd chooses): `sdd_gemm`, one dense GEMM and a gather (the BLAS, or cuBLAS,
+  wins while the entries are many), and `sdd_gather`, gathered products summed in row chunks.
 Each product function is `(a, sw, vals, bias) -> out` with `vals` the weight's non-zeros in CSR order.
 """
 
@@ -16,7 +16,7 @@ from torch import Tensor
 from ..sparse_format import SparseWeight
 from .reference import sdd_ref
 
-_CHUNK = 1 << 24          # max gathered elements per chunk of the "coo" product and of sdd_torch
+_CHUNK = 1 << 24          # max gathered elements per chunk of the "coo" product and of sdd_gather
 
 
 def csr_fwd(a: Tensor, sw: SparseWeight, vals: Tensor, bias: Tensor | None) -> Tensor:
@@ -56,12 +56,14 @@ def _gather_add(a: Tensor, src: Tensor, dst: Tensor, width: int, vals: Tensor, b
     return out
 
 
-def sdd_torch(dy: Tensor, x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """(dy^T x) at the entries (rows[z], cols[z]), fp32 [Z]."""
-    n, k = dy.shape[1], x.shape[1]
+def sdd_gemm(dy: Tensor, x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """(dy^T x) at the entries (rows[z], cols[z]), fp32 [Z], by the dense product and a gather."""
+    return (dy.t() @ x.to(dy.dtype))[rows, cols].float()
+
+
+def sdd_gather(dy: Tensor, x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """(dy^T x) at the entries (rows[z], cols[z]), fp32 [Z], by gathered products summed in row chunks."""
     z = rows.numel()
-    if z * 64 >= n * k:
-        return (dy.t() @ x.to(dy.dtype))[rows, cols].float()
     out = torch.zeros(z, dtype=torch.float32, device=dy.device)
     step = max(1, _CHUNK // max(z, 1))
     for m0 in range(0, dy.shape[0], step):

@@ -16,5 +16,6 @@ def cache_dir() -> Path:
 def load_dataset(cfg, tokenizer=None):
     """The TokenDataset of `cfg.data.source` (tokenised once and cached), split as `cfg` says."""
     return prepare_dataset(cfg.data.source, cache_dir() / "data", tokenizer=tokenizer,
-                           vocab_size=cfg.model.vocab_size, val_frac=cfg.data.val_frac, seed=cfg.train.seed,
+                           vocab_size=cfg.model.vocab_size, val_frac=cfg.data.val_frac,
+                           seed=cfg.train.seed if cfg.data.seed is None else cfg.data.seed,
                            max_tokenizer_bytes=cfg.data.max_tokenizer_bytes)

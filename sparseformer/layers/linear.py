@@ -35,6 +35,7 @@ from ..kernels.spmm import METHODS, DwPolicy, LinearPlan, choose_method, plan_li
 from ..kernels.spmm import ops as spmm_ops
 from ..kernels.spmm.autograd import compute_dtype
 from .owner import SparseOwner, owner_of
+from .support_dw import install_step_hook
 
 __all__ = ["SparseLinear", "SparseProduct", "hand_off_formats"]
 
@@ -56,14 +57,22 @@ class SparseProduct(SparseOwner):
 
     def _setup(self, dw_mode="dense", dense_every=0, candidates=0.0, backend=None, method=None,
                refresh="always") -> None:
-        try:
-            dw_policy = DwPolicy(dw_mode, dense_every, candidates)
-        except ValueError as e:
-            raise ConfigError(f"{type(self).__name__}: {e}") from None
         if refresh not in REFRESH_MODES:
             raise ConfigError(f"{type(self).__name__}: refresh={refresh!r} is unknown; choose one of {REFRESH_MODES}")
-        self.__dict__.update(dw_policy=dw_policy, backend=backend, method=method, refresh_mode=refresh,
-                             _plan=None, _plan_key=None, _handed=None, _handed_key=None)
+        self.__dict__.update(backend=backend, method=method, refresh_mode=refresh, _plan=None, _plan_key=None,
+                             _handed=None, _handed_key=None)
+        self.set_dw_policy(dw_mode, dense_every, candidates)
+
+    def set_dw_policy(self, dw_mode: str = "dense", dense_every: int = 0, candidates: float = 0.0) -> None:
+        """Set how this layer's weight gradient is computed (a fresh DwPolicy: counter 0, nothing tracked);
+        "support" installs the end-of-step optimizer hook of support_dw.py."""
+        try:
+            policy = DwPolicy(dw_mode, dense_every, candidates)
+        except ValueError as e:
+            raise ConfigError(f"{type(self).__name__}: {e}") from None
+        self.__dict__["dw_policy"] = policy
+        if policy.support_mode:
+            install_step_hook()
 
     def weight_out_in(self) -> Tensor:
         """The weight as [out, in] (a view; nn.Linear stores it so)."""
@@ -113,11 +122,10 @@ class SparseProduct(SparseOwner):
             version = w._version
         except RuntimeError:       # inference tensors carry no version counter: rebuild every time
             version = None
-        key = (version, w.data_ptr(), w.dtype, w.device, cdt, self.dw_policy.mode, self.k)
+        key = (version, w.data_ptr(), w.dtype, w.device, cdt, self.k)
         if self.refresh_mode == "always" or version is None or key != self._plan_key or self._plan is None:
             self._plan = plan_linear(w, dtype=cdt, backend=self.backend, method=self.method,
-                                     dw_mode=self.dw_policy.mode, density=self.known_density(),
-                                     sw=self.handed_format())
+                                     density=self.known_density(), sw=self.handed_format())
             self._plan_key = key
         return self._plan
 
@@ -142,6 +150,8 @@ class SparseProduct(SparseOwner):
         if self.protect:
             parts.append(f"protect={self.protect}")
         parts.append(f"dw_mode={self.dw_policy.mode!r}")
+        if self.dw_policy.support_mode:
+            parts.append(f"dense_every={self.dw_policy.dense_every}, candidates={self.dw_policy.candidates:g}")
         if self.backend or self.method:
             parts.append(f"backend={self.backend!r}, method={self.method!r}")
         return ", ".join(parts)
@@ -154,7 +164,8 @@ class SparseLinear(SparseProduct, nn.Linear):
     each output row (or input column) keeps its j largest weights. bias_k: budget of the bias (None =
     dense). kind: "weight" or "embed", the schedule the weight follows in training. neuron_axis: where a
     per-neuron protection applies ("rows": output neurons). dw_mode: "dense" (default, the paper's
-    gradient) or "support" (opt-in, changes the algorithm; see sparseformer.kernels.spmm.policy).
+    gradient) or "support" (opt-in, changes the algorithm; docs/support-dw.md), with a dense dW every
+    `dense_every` optimizer steps and `candidates` x k tracked entries.
     backend/method force a kernel backend or matmul method (default: chosen from the density). refresh:
     "always" or "version" (module docstring). With k given, the initial weight is projected to its top-k."""
 

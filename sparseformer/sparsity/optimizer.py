@@ -8,6 +8,10 @@ One step, in this order:
    batched call), optionally protecting each row's or column's top-j;
 4. decoupled weight decay p <- p - lr * weight_decay * p (after the projection, so zeros stay zero).
 
+Weights of layers with support-only dW (dw_mode="support") get no gradient off their support and tracked
+entries between dense refreshes; `dw_moments` and `dw_rms` say what steps 1-2 do then (support_dw.py,
+docs/support-dw.md). With every layer's dW dense (the default) they change nothing.
+
 The budget of a parameter comes from the layer that owns it (sparseformer.layers: SparseLinear,
 SparseEmbedding, any module `sparsify` converted), so `SparseAdamW(model.parameters())` keeps every sparse
 layer at its k. A param group may still carry "k" and "protect" ((j, "rows"|"cols")) for tensors no layer
@@ -30,6 +34,7 @@ from .. import kernels
 from ..kernels.adamw import GRAD_RMS_EPS, AdamWTensor
 from ..layers.linear import hand_off_formats
 from ..layers.owner import budget_of
+from . import support_dw
 
 __all__ = ["GRAD_RMS_EPS", "SparseAdamW"]
 
@@ -40,9 +45,13 @@ class SparseAdamW(torch.optim.Optimizer):
     projects_sparse_tensors = True      # the exact-k step hook leaves this optimizer's parameters alone
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 0.1, weight_decay: float = 0.0,
-                 grad_rms_norm: bool = True, backend: str | None = None, emit_formats: bool = True):
+                 grad_rms_norm: bool = True, backend: str | None = None, emit_formats: bool = True,
+                 dw_moments: str = "lazy", dw_rms: str = "tracked"):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"SparseAdamW: bad hyperparameters lr={lr} betas={betas} eps={eps}")
+        if dw_moments not in support_dw.DW_MOMENTS or dw_rms not in support_dw.DW_RMS:
+            raise ValueError(f"SparseAdamW: dw_moments={dw_moments!r} (choose from {support_dw.DW_MOMENTS}) or "
+                             f"dw_rms={dw_rms!r} (choose from {support_dw.DW_RMS}) is unknown")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, k=None, protect=None,
                         name=None)
         super().__init__(params, defaults)
@@ -50,6 +59,8 @@ class SparseAdamW(torch.optim.Optimizer):
         self.backend = backend
         self.emit_formats = emit_formats
         self._topk_state = kernels.TopkState()       # warm start of the projection (device backends)
+        self.dw_moments, self.dw_rms = dw_moments, dw_rms
+        self.dw_stats = support_dw.DwStats()          # support-dW layers only: read by the trainer
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -58,7 +69,11 @@ class SparseAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params, items = self._collect()
-        self._step(items)
+        # support-dW layers (support_dw.py) take their own scale and moments; otherwise the plain step
+        if not support_dw.adamw_step_(params, items, moments=self.dw_moments, rms=self.dw_rms,
+                                      grad_rms_norm=self.grad_rms_norm, backend=self.backend,
+                                      state=self._topk_state, stats=self.dw_stats):
+            self._step(items)
         if self.emit_formats:
             self._hand_off(params, items)
         return loss

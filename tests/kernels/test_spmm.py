@@ -108,7 +108,9 @@ def test_sdd_matches_dense_dw_on_the_support(backend, m, n, k, density, seed):
     g = torch.Generator().manual_seed(seed)
     x, dy = torch.randn(m, k, generator=g).to(DEV), torch.randn(m, n, generator=g).to(DEV)
     want = (dy.double().t() @ x.double())[sw.row, sw.col]
-    assert_close(sdd(dy, x, sw.row, sw.col, backend=backend), want, torch.float32, "sdd")
+    for method in ("gemm", "gather") + (("sddmm",) if backend == "triton" else ()):
+        assert_close(sdd(dy, x, sw.row, sw.col, backend=backend, method=method), want, torch.float32, method)
+    assert_close(sdd(dy, x, sw.row, sw.col, backend=backend), want, torch.float32, "sdd (chosen)")
     assert_close(sdd_ref(dy, x, sw.row, sw.col), want, torch.float32, "sdd_ref")
 
 
@@ -193,28 +195,33 @@ def _dw_setup(seed=0, n=12, k=10, m=20):
 @pytest.mark.parametrize("method", ["dense", "coo"])
 def test_support_dw_is_the_dense_dw_masked_to_the_support(method):
     w, x, dy, dense = _dw_setup()
-    pol = DwPolicy("support")
+    pol = DwPolicy("support")                                # never refreshed: the support only
     sparse_linear(x, w, dw=pol, method=method).backward(dy)
     assert_close(w.grad, dense * (w != 0), torch.float32, "support dW")
-    assert pol.calls == 1
+    assert torch.equal(pol.computed, w.detach().reshape(-1).nonzero().view(-1))
 
 
-def test_support_dw_dense_every_and_candidates():
+def test_support_dw_refresh_steps_and_candidates():
     w, x, dy, dense = _dw_setup(1)
     pol = DwPolicy("support", dense_every=2, candidates=0.5)
-    sparse_linear(x, w, dw=pol).backward(dy)                 # call 0: dense, picks candidates
+    sparse_linear(x, w, dw=pol).backward(dy)                 # step 0: a refresh, dense
     assert_close(w.grad, dense, torch.float32, "dense step")
-    nnz = int((w != 0).sum())
-    assert pol.cand_flat is not None and pol.cand_flat.numel() == int(0.5 * nnz)
+    assert pol.computed is None
+    pol.end_step(w.grad, w)                                  # candidates from the step's whole gradient
+    support = w.detach().reshape(-1).nonzero().view(-1)
+    c = int(0.5 * support.numel())
     off = dense.abs().masked_fill(w != 0, -1).reshape(-1)
-    assert set(pol.cand_flat.tolist()) == set(off.topk(int(0.5 * nnz)).indices.tolist())
+    want = set(support.tolist()) | set(off.topk(c).indices.tolist())
+    assert set(pol.tracked.tolist()) == want and pol.step == 1
     w.grad = None
-    sparse_linear(x, w, dw=pol).backward(dy)                 # call 1: support + candidates
-    keep = (w != 0).reshape(-1).clone()
-    keep[pol.cand_flat] = True
+    sparse_linear(x, w, dw=pol).backward(dy)                 # step 1: support + candidates
+    keep = torch.zeros(w.numel(), dtype=torch.bool)
+    keep[pol.tracked] = True
     assert_close(w.grad, dense * keep.view_as(dense), torch.float32, "support + candidates")
+    assert torch.equal(pol.computed, pol.tracked)
+    pol.end_step(None, w)
     w.grad = None
-    sparse_linear(x, w, dw=pol).backward(dy)                 # call 2: dense again
+    sparse_linear(x, w, dw=pol).backward(dy)                 # step 2: dense again
     assert_close(w.grad, dense, torch.float32, "dense again")
 
 
@@ -233,7 +240,6 @@ def test_plan_picks_by_density_and_can_be_forced(monkeypatch):
     p = plan_linear(sparse_w, backend="torch")
     assert p.fwd != "dense" and p.sw is not None and p.sw.nnz == int((sparse_w != 0).sum())
     assert plan_linear(sparse_w.bfloat16(), backend="torch").fwd == "dense"   # torch.sparse paths: fp32/fp64
-    assert plan_linear(sparse_w, backend="torch", dw_mode="support").sw is not None
     monkeypatch.setenv("SPARSEFORMER_SPMM_METHOD", "csr")
     p = plan_linear(dense_w, backend="torch")
     assert (p.fwd, p.dx) == ("csr", "csr") and p.sw is not None
