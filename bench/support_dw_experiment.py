@@ -1,6 +1,6 @@
 """Is a model trained with support-only dW as good as one trained with the paper's dense dW?
 
-    flock /work/coord/cpu.lock python bench/support_dw_experiment.py --out bench/results/support_dw
+    python bench/support_dw_experiment.py --out bench/results/support_dw
 
 The `tiny` preset (1,500 steps, 3M tokens of the standard library) trained with the paper's dense dW at
 three seeds (the seed-to-seed spread of init and batch order; every arm has the same validation
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
         return 0
     doc = dict(commit=args.commit or _git("rev-parse", "--short", "HEAD"), date=time.strftime("%Y-%m-%d"),
                machine=f"{platform.machine()}, {os.cpu_count()} cores, torch {__import__('torch').__version__}",
-               command="flock /work/coord/cpu.lock python bench/support_dw_experiment.py "
+               command="python bench/support_dw_experiment.py "
                + " ".join(argv or sys.argv[1:]),
                models=models, not_run=skipped, verdicts=verdicts(models))
     (args.out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
