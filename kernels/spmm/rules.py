@@ -4,8 +4,8 @@ For a backend, the candidates are its methods with a `max_density` tier and the 
 `dtypes`; the one with the smallest tier at or above the density wins, a `max_occupancy` method also needs
 its tile occupancy at most that bound, and above every tier the product runs masked dense. The tiers are
 measured (docs/sparse-matmul.md): on the CPU the gather path at 1/256 and below (torch.sparse CSR, faster
-from about 1/40, has no tier: its results depend on the thread count, docs/reproducibility.md); on a GPU no
-tier, because no kernel beat cuBLAS on the masked weight across the board.
+at 1/256 in bench/results/spmm_cpu.md, has no tier: its results depend on the thread count,
+docs/reproducibility.md); on a GPU no tier, because no kernel beat cuBLAS on the masked weight across the board.
 `SPARSEFORMER_SPMM_METHOD` (one method name) forces a method for every product, for benchmarks and tests;
 a forced method the backend lacks raises.
 """
