@@ -14,10 +14,12 @@ from ..dispatch import resolve
 from ..topk import Comm, CommStats, TopkState
 from ..topk.backends import kernel_set as topk_kernel_set
 from .device import step_device
-from .reference import GRAD_RMS_EPS, AdamWTensor, fusable, grad_rms_scale, step_torch
+from .reference import (GRAD_RMS_EPS, AdamWTensor, fusable, grad_norms, grad_rms_scale, scale_from_norms,
+                        step_torch)
 from .tables import AdamKernels
 
-__all__ = ["GRAD_RMS_EPS", "AdamKernels", "AdamWTensor", "grad_rms_scale", "kernel_set", "sparse_adamw_step_"]
+__all__ = ["GRAD_RMS_EPS", "AdamKernels", "AdamWTensor", "grad_norms", "grad_rms_scale", "kernel_set",
+           "scale_from_norms", "sparse_adamw_step_"]
 
 
 def kernel_set(backend: str) -> AdamKernels:

@@ -51,9 +51,17 @@ def grad_rms_scale(grads: Sequence[Tensor], *, on_device: bool = False):
 
     Both forms come from the same float32 per-tensor norms, so the torch and device paths scale alike.
     """
-    n = sum(g.numel() for g in grads)
-    norms = torch._foreach_norm([g if g.dtype == torch.float32 else g.float() for g in grads])
-    sq = torch.stack(norms).double().pow(2).sum()
+    return scale_from_norms(grad_norms(grads), sum(g.numel() for g in grads), on_device=on_device)
+
+
+def grad_norms(grads: Sequence[Tensor]) -> list[Tensor]:
+    """Per-tensor float32 L2 norms, the terms of `grad_rms_scale`."""
+    return list(torch._foreach_norm([g if g.dtype == torch.float32 else g.float() for g in grads]))
+
+
+def scale_from_norms(norms: Sequence[Tensor], n: int, *, on_device: bool = False):
+    """1 / (rms + 1e-5) from per-tensor norms over n entries in all (a caller may swap some tensors' norms)."""
+    sq = torch.stack(list(norms)).double().pow(2).sum()
     scale = (1.0 / (torch.sqrt(sq / n) + GRAD_RMS_EPS)).float()
     return scale if on_device else float(scale)
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .. import kernels
 from ..config import SparsityConfig
 from ..errors import ConfigError
-from ..kernels.adamw import GRAD_RMS_EPS, AdamWTensor
+from ..kernels.adamw import AdamWTensor, grad_norms, scale_from_norms
 from ..layers import SparseProduct, owner_of
 from ..layers.support_dw import begin_step, stored_index, support_layers
 
@@ -144,12 +144,12 @@ def adamw_step_(params: list[Tensor], items: list[AdamWTensor], *, moments: str,
     refresh = {i: lay.dw_policy.computed is None for i, lay in layers.items()}
     step_type = "refresh" if any(refresh.values()) else "support"
     grads, tracked = [it.grad for it in items], tracked_grads(params, items)
-    norms = {"all": _norms(grads)}                  # one pass over every gradient; the tracked parts are small
+    norms = {"all": grad_norms(grads) if grads else []}    # one pass over every gradient; tracked parts are small
     norms["tracked"] = list(norms["all"])
-    sub = _norms([tracked[i] for i in layers])
+    sub = grad_norms([tracked[i] for i in layers]) if layers else []
     for j, i in enumerate(layers):
         norms["tracked"][i] = sub[j]
-    scales = {kind: _scale(norms[kind], sum(g.numel() for g in gs)) for kind, gs in (("all", grads),
+    scales = {kind: scale_from_norms(norms[kind], sum(g.numel() for g in gs)) for kind, gs in (("all", grads),
                                                                                      ("tracked", tracked))}
     scale = scales[rms] if grad_rms_norm else 1.0
     before = {i: items[i].param != 0 for i in layers} if stats is not None else {}
@@ -187,17 +187,6 @@ def adamw_step_(params: list[Tensor], items: list[AdamWTensor], *, moments: str,
                 stats.layer_refreshes += 1
                 stats.layer_refreshes_entered += int(entered > 0)
     return True
-
-
-def _norms(grads: list[Tensor]) -> list[Tensor]:
-    """Per-tensor float32 norms, as kernels.adamw.grad_rms_scale takes them."""
-    return list(torch._foreach_norm([g if g.dtype == torch.float32 else g.float() for g in grads])) if grads else []
-
-
-def _scale(norms: list[Tensor], n: int) -> float:
-    """kernels.adamw.grad_rms_scale from per-tensor norms: 1 / (||g|| / sqrt(n) + eps)."""
-    sq = torch.stack(norms).double().pow(2).sum()
-    return float((1.0 / (torch.sqrt(sq / n) + GRAD_RMS_EPS)).float())
 
 
 def _finish_lazy(lazy: list, backend: str | None) -> None:
