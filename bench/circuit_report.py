@@ -1,13 +1,15 @@
 """Cleaned circuits and their faithfulness controls for the tasks a run learned, in one table.
 
     python bench/circuit_report.py RUN --out DIR [--tasks learned|NAME,...] [--target 0.15] [--trials 1]
-        [--controls all|NAME,...] [--eval-pairs 256] [--viewers NAME,...]
+        [--controls all|NAME,...] [--eval-pairs 256] [--viewers NAME,...] [--threads N] [--shard I/N]
 
 For each task: `prune_task(..., clean=True, faithfulness=True)` (what `sparseformer prune RUN --task NAME
 --faithfulness` runs) at the target loss, or, when the unpruned model's loss is above it, at 1.25 x that loss
 (the row says so). `--tasks learned` takes every task with loss under 0.45 on --eval-pairs test pairs. Writes
 DIR/circuits/NAME.json (the circuit documents; `sparseformer.report.viewer.write_viewer` rebuilds a viewer),
-DIR/NAME.html for the tasks in --viewers, and DIR/circuit_report.md / .json.
+DIR/NAME.html for the tasks in --viewers, DIR/rows/NAME.json per task and DIR/circuit_report.md / .json
+(assembled from every row present). A task whose row exists is skipped, so an interrupted report resumes, and
+two processes given disjoint --tasks (or --shard 0/2 and 1/2: every second task) can share one DIR (each at --threads 1 uses a core of its own).
 """
 
 from __future__ import annotations
@@ -48,33 +50,49 @@ def one_task(run, name: str, target: float, trials: int, controls) -> dict:
             "clean_evals": b.get("evals"), "clean_seconds": b.get("seconds"), "prune_seconds": round(prune_s, 1),
             "faithfulness_seconds": round(time.perf_counter() - t0, 1),
             "controls": {c["name"]: {"status": c["status"], "verdict": c["verdict"]}
-                         for c in result.faithfulness["controls"]}}, result
+                         for c in result.faithfulness["controls"]},
+            "numbers": {c["name"]: {k: v for k, v in c.items() if isinstance(v, (int, float)) and k != "name"}
+                        for c in result.faithfulness["controls"]},
+            "control_seconds": result.faithfulness["seconds"]}, result
+
+
+def _num(x, fmt: str = ".4f") -> str:
+    return "-" if x is None else format(x, fmt)
 
 
 def markdown(doc: dict) -> str:
     rows = doc["tasks"]
-    names = list(rows[0]["controls"]) if rows else []
+    names = list(dict.fromkeys(n for r in rows for n in r["controls"]))
     lines = [f"# Cleaned circuits and faithfulness: {doc['run']} (step {doc['step']})", "",
-             f"Command: `{doc['command']}` (commit {doc['commit']}, {doc['date']}, {doc['machine']}).", "",
+             "Commands: " + ", ".join(f"`{c}`" for c in doc["commands"])
+             + f" (commit {doc['commit']}, {doc['date']}, {doc['machine']}).", "",
+             f"Tasks learned (loss under {LEARNED} on {doc['eval_pairs']} test pairs): {len(doc['learned'])} of "
+             f"{len(doc['eval'])}.", "",
              "Target 0.15 per sequence, or 1.25 x the unpruned loss where the model does not reach 0.15 (marked *).",
-             "Nodes/edges before cleaning are the bisected circuit's; every remaining node is necessary.", "",
+             "Nodes/edges before cleaning are the bisected circuit's; after cleaning every remaining node is necessary.",
+             "Necessity: the loss with the circuit's nodes ablated (and its ratio to the circuit's loss).", "",
              "| task | target | full loss | before: nodes / edges / loss | cleaned: nodes / edges / loss | necessity "
-             "| cleaning s (evals) | prune s | controls s | " + " | ".join(names) + " |",
-             "| --- " * (9 + len(names)) + "|"]
+             "| nonsense: edges / loss | cleaning s (evals) | prune s | controls s | " + " | ".join(names) + " |",
+             "| --- " * (10 + len(names)) + "|"]
     for r in rows:
+        ratio = r["necessity_loss"] / r["loss"] if r["necessity_loss"] is not None and r["loss"] else None
+        ns = r.get("numbers", {}).get("nonsense", {})
         lines.append(
             f"| {r['task']} | {r['target']:g}{'*' if r['relaxed'] else ''} | {r['full_loss']:.4f} | "
-            f"{r['nodes_before']} / {r['edges_before']} / {r['loss_before']:.4f} | {r['nodes']} / {r['edges']} / "
-            f"{r['loss']:.4f} | {r['necessity_loss']:.4f} | {r['clean_seconds']:.0f} ({r['clean_evals']}) | "
-            f"{r['prune_seconds']:.0f} | {r['faithfulness_seconds']:.0f} | "
-            + " | ".join(r["controls"][n]["status"] for n in names) + " |")
+            f"{r['nodes_before'] or '-'} / {r['edges_before'] or '-'} / {_num(r['loss_before'])} | "
+            f"{r['nodes'] or '-'} / {r['edges'] or '-'} / {_num(r['loss'])} | {_num(r['necessity_loss'])} "
+            f"({_num(ratio, '.1f')}x) | {ns.get('control_edges', '-')} / {_num(ns.get('control_loss'))} | "
+            f"{_num(r['clean_seconds'], '.0f')} ({r['clean_evals'] or '-'}) | {r['prune_seconds']:.0f} | "
+            f"{r['faithfulness_seconds']:.0f} | "
+            + " | ".join(r["controls"].get(n, {}).get("status", "not run") for n in names) + " |")
     lines += ["", "Verdicts:", ""]
     for r in rows:
         lines.append(f"- **{r['task']}**")
         lines += [f"  - {n}: {c['status']}: {c['verdict']}" for n, c in r["controls"].items()]
     skipped = doc.get("not_learned") or []
     if skipped:
-        lines += ["", "Not learned (loss >= 0.45, not pruned): " + ", ".join(f"{t} {v:.3f}" for t, v in skipped)]
+        lines += ["", "Not pruned (not learned, or not asked for): "
+                  + ", ".join(f"{t} {v:.3f}" for t, v in skipped)]
     return "\n".join(lines) + "\n"
 
 
@@ -88,38 +106,56 @@ def main() -> None:
     ap.add_argument("--controls", default="all")
     ap.add_argument("--eval-pairs", type=int, default=256)
     ap.add_argument("--viewers", default="")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--shard", default="0/1", help="I/N: only every N-th of the tasks, from the I-th")
     args = ap.parse_args()
     import sys
+
+    import torch
 
     from sparseformer.checkpoint import atomic_write_text, load_run
     from sparseformer.prune import CONTROLS, write_outputs
     from sparseformer.tasks import evaluate
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     run = load_run(args.run)
     rows = evaluate(run.model, run.tokenizer, "all", n=args.eval_pairs)
     losses = {r["task"]: r["loss"] for r in rows}
-    names = [t for t, v in losses.items() if v < LEARNED] if args.tasks == "learned" else args.tasks.split(",")
+    learned = [t for t, v in losses.items() if v < LEARNED]
+    names = learned if args.tasks == "learned" else args.tasks.split(",")
+    shard, n_shards = (int(x) for x in args.shard.split("/"))
+    names = names[shard::n_shards]
     controls = CONTROLS if args.controls == "all" else args.controls.split(",")
     viewers = set(filter(None, args.viewers.split(",")))
+    row_dir = args.out / "rows"
     (args.out / "circuits").mkdir(parents=True, exist_ok=True)
-    doc = {"run": str(args.run), "step": run.step, "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
-           "machine": f"{platform.machine()}, torch {__import__('torch').__version__}",
-           "command": "python bench/circuit_report.py " + " ".join(sys.argv[1:]), "eval": rows, "tasks": [],
-           "not_learned": sorted((t, v) for t, v in losses.items() if v >= LEARNED and t not in names)}
+    row_dir.mkdir(exist_ok=True)
+    head = {"run": str(args.run), "step": run.step, "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+            "eval_pairs": args.eval_pairs, "eval": rows, "learned": learned}
     for name in names:
+        if (row_dir / f"{name}.json").is_file():
+            print(f"{name}: row exists, skipped", flush=True)
+            continue
         row, result = one_task(run, name, args.target, args.trials, controls)
+        row["command"] = "python bench/circuit_report.py " + " ".join(sys.argv[1:])
+        row["machine"] = head["machine"]
         write_outputs(run.path, result)
         json_path, html_path = write_outputs(args.out / "circuits", result)
         if name in viewers:
             html_path.replace(args.out / f"{name}.html")
         else:
             html_path.unlink()
-        doc["tasks"].append(row)
+        atomic_write_text(row_dir / f"{name}.json", json.dumps(row, indent=1) + "\n")
         print(json.dumps({k: row[k] for k in ("task", "target", "nodes", "edges", "loss", "nodes_before",
                                               "edges_before")}), flush=True)
-        atomic_write_text(args.out / "circuit_report.json", json.dumps(doc, indent=1) + "\n")
-        atomic_write_text(args.out / "circuit_report.md", markdown(doc))
-
+    order = {t: i for i, t in enumerate(losses)}
+    done = sorted((json.loads(p.read_text()) for p in row_dir.glob("*.json")), key=lambda r: order.get(r["task"], 99))
+    doc = {**head, "commands": sorted({r["command"] for r in done}), "tasks": done,
+           "not_learned": sorted((t, v) for t, v in losses.items() if v >= LEARNED and t not in {r["task"] for r in done})}
+    atomic_write_text(args.out / "circuit_report.json", json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(args.out / "circuit_report.md", markdown(doc))
 
 if __name__ == "__main__":
     main()

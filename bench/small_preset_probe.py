@@ -3,12 +3,15 @@ learns the most of the 20 tasks.
 
     python bench/small_preset_probe.py --minutes 15 [--only NAME ...] [--runs runs/small_probe]
         [--out bench/results/small_preset_probe]
+    python bench/small_preset_probe.py --timing [--only NAME ...]     # steps/s of each candidate, no training
 
 Each candidate is the `tiny` preset with overrides. Its step count is set so that training fits the budget on
 this machine (a short timing probe, as `sparseformer sweep` does for minutes budgets), so the L0 anneal and the
 lr decay run their full course within it. After training, every task is evaluated on --eval-pairs test pairs
 (prompts cut to the model's context); a task counts as learned when its loss is under 0.45 per sequence. Writes NAME.json per
-candidate and README.md (the table over all candidates) to --out. Finished runs are reused.
+candidate and README.md (the table over all candidates) to --out. Finished runs are reused. `--timing` only runs
+the timing probe of each candidate (seconds each) and writes timing.json: how many tokens each would see in an
+hour on this machine, which is how the `small` preset was chosen among candidates too slow to probe for an hour each.
 """
 
 from __future__ import annotations
@@ -78,7 +81,26 @@ def probe(name: str, overrides: list[str], minutes: float, runs: Path, eval_pair
             "learned": sorted(r["task"] for r in rows if r["loss"] < LEARNED)}
 
 
-def readme(docs: list[dict]) -> str:
+def timing(names: list[str], runs: Path) -> dict:
+    """Steps/s of each candidate from the sweep's timing probe (sparse from the first step), and the tokens
+    an hour at that speed buys (with the budget's safety margin)."""
+    import torch
+
+    from sparseformer.config import apply_overrides, get_preset
+    from sparseformer.sweep.budget import SAFETY, probe_steps_per_s
+    rows = {}
+    for name in names:
+        cfg = apply_overrides(get_preset("tiny"), ["train.device=cpu"] + CONTEXT + CANDIDATES[name])
+        rate = probe_steps_per_s(cfg, runs / f".timing-{name}")
+        tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
+        rows[name] = {"overrides": CANDIDATES[name], "steps_per_s": round(rate, 3),
+                      "tokens_per_s": round(rate * tokens_per_step),
+                      "tokens_per_hour": int(SAFETY * 3600 * rate * tokens_per_step)}
+        print(name, json.dumps(rows[name]), flush=True)
+    return {"threads": torch.get_num_threads(), "context": CONTEXT, "candidates": rows}
+
+
+def readme(docs: list[dict], timings: dict | None = None) -> str:
     lines = ["# Probes for the `small` preset", "",
              "`python bench/small_preset_probe.py --minutes M` on the 2-core CPU (under the team's CPU lock, other jobs",
              "may have run alongside). Each candidate is the tiny preset with a 256-token context (batch 8 x 256)",
@@ -95,6 +117,12 @@ def readme(docs: list[dict]) -> str:
         over = " ".join(o for o in d["overrides"] if o not in CONTEXT) or "(tiny architecture)"
         lines.append(f"| {d['name']} | `{over}` | {d['minutes_budget']:g} | {d['steps']} | {d['tokens']:,} | "
                      f"{d['train_seconds'] or ''} | {d.get('minutes_at_median_speed') or ''} | {d['params']:,} | {d['val_loss']:.4f} | {d['eval_pairs']} | {len(d['learned'])} |")
+    if timings:
+        lines += ["", f"Timing probe (`--timing`, {timings['threads']} threads, sparse from the first step):", "",
+                  "| candidate | overrides | steps/s | tokens/s | tokens in an hour |", "| --- | --- | --- | --- | --- |"]
+        for name, t in timings["candidates"].items():
+            lines.append(f"| {name} | `{' '.join(t['overrides']) or '(tiny architecture)'}` | {t['steps_per_s']} | "
+                         f"{t['tokens_per_s']:,} | {t['tokens_per_hour']:,} |")
     tasks = list(docs[0]["tasks"]) if docs else []
     lines += ["", "Task loss per candidate:", "", "| task | " + " | ".join(d["name"] for d in docs) + " |",
               "| --- |" + " --- |" * len(docs)]
@@ -110,17 +138,24 @@ def main() -> None:
     ap.add_argument("--eval-pairs", type=int, default=256)
     ap.add_argument("--runs", type=Path, default=Path("runs/small_probe"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/small_preset_probe"))
+    ap.add_argument("--timing", action="store_true", help="only time each candidate (no training)")
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from sparseformer.checkpoint import atomic_write_text
     args.out.mkdir(parents=True, exist_ok=True)
     args.runs.mkdir(parents=True, exist_ok=True)
-    for name in args.only or CANDIDATES:
+    timing_path = args.out / "timing.json"
+    if args.timing:
+        atomic_write_text(timing_path, json.dumps(timing(args.only or list(CANDIDATES), args.runs), indent=1) + "\n")
+    for name in [] if args.timing else args.only or CANDIDATES:
         doc = probe(name, CANDIDATES[name], args.minutes, args.runs, args.eval_pairs)
         atomic_write_text(args.out / f"{name}.json", json.dumps(doc, indent=1) + "\n")
         print(json.dumps({k: doc[k] for k in ("name", "steps", "train_seconds", "val_loss", "learned")}), flush=True)
-    docs = [json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))]
-    atomic_write_text(args.out / "README.md", readme(docs))
+    docs = [json.loads(p.read_text()) for p in sorted(args.out.glob("*.json")) if p != timing_path]
+    timings = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    notes = args.out / "notes.md"                  # hand-written run notes, kept below the generated tables
+    extra = "\n" + notes.read_text() if notes.is_file() else ""
+    atomic_write_text(args.out / "README.md", readme(docs, timings) + extra)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,15 @@ def test_paper_preset_fractions():
     assert cfg.model.d_model == 512 and cfg.model.d_mlp == 2048 and cfg.model.n_head == 32
     assert cfg.sparsity.weight_density == pytest.approx(0.25 / 4)
     assert cfg.sparsity.final_embed_density == pytest.approx(0.25 / 2)
+
+
+def test_small_preset_is_the_tiny_architecture_at_a_longer_context():
+    tiny, small = get_preset("tiny"), get_preset("small")
+    assert small.preset == "small"
+    assert small.model.block_size == small.train.seq_len == 256      # tasks are scored within the trained context
+    for field in ("n_layer", "d_model", "n_head", "d_head", "d_mlp", "bigram_table", "learned_pos_emb", "afrac"):
+        assert getattr(small.model, field) == getattr(tiny.model, field)
+    assert small.sparsity == tiny.sparsity
+    assert small.train.steps * small.train.batch_size * small.train.seq_len > 10 * (
+        tiny.train.steps * tiny.train.batch_size * tiny.train.seq_len)
+    assert RunConfig.from_dict(small.to_dict()) == small
