@@ -2,14 +2,19 @@
 
     python bench/circuit_report.py RUN --out DIR [--tasks learned|NAME,...] [--target 0.15] [--trials 1]
         [--controls all|NAME,...] [--eval-pairs 256] [--viewers NAME,...] [--threads N] [--shard I/N]
+        [--add-controls NAME,...]
 
 For each task: `prune_task(..., clean=True, faithfulness=True)` (what `sparseformer prune RUN --task NAME
 --faithfulness` runs) at the target loss, or, when the unpruned model's loss is above it, at 1.25 x that loss
-(the row says so). `--tasks learned` takes every task with loss under 0.45 on --eval-pairs test pairs. Writes
+(the row says so). `--tasks learned` takes every task with loss under 0.45 on --eval-pairs test pairs; `--tasks none` only
+rebuilds the table from the rows present. Writes
 DIR/circuits/NAME.json (the circuit documents; `sparseformer.report.viewer.write_viewer` rebuilds a viewer),
 DIR/NAME.html for the tasks in --viewers, DIR/rows/NAME.json per task and DIR/circuit_report.md / .json
 (assembled from every row present). A task whose row exists is skipped, so an interrupted report resumes, and
-two processes given disjoint --tasks (or --shard 0/2 and 1/2: every second task) can share one DIR (each at --threads 1 uses a core of its own).
+two processes given disjoint --tasks (or --shard 0/2 and 1/2: every second task) can share one DIR (each at
+--threads 1 uses a core of its own). `--add-controls NAME,...` runs more controls on the tasks that have a row
+and adds them to it (e.g. the norms control, a second full prune with cleaning, left out of a first pass to fit
+a CPU budget).
 """
 
 from __future__ import annotations
@@ -56,6 +61,28 @@ def one_task(run, name: str, target: float, trials: int, controls) -> dict:
             "control_seconds": result.faithfulness["seconds"]}, result
 
 
+def add_controls(run, out: Path, name: str, controls: list[str]) -> None:
+    """Run more faithfulness controls on a task's circuit already in the report and merge them into its row
+    and its circuit document (a control already there is run again and replaced)."""
+    from sparseformer.checkpoint import atomic_write_text
+    from sparseformer.prune import read_circuit, run_faithfulness
+    row_path, doc_path = out / "rows" / f"{name}.json", out / "circuits" / f"{name}.json"
+    row, doc = json.loads(row_path.read_text()), read_circuit(doc_path)
+    t0 = time.perf_counter()
+    report = run_faithfulness(run, doc, controls=controls)
+    for c in report["controls"]:
+        row["controls"][c["name"]] = {"status": c["status"], "verdict": c["verdict"]}
+        row["numbers"][c["name"]] = {k: v for k, v in c.items() if isinstance(v, (int, float)) and k != "name"}
+        row["control_seconds"][c["name"]] = report["seconds"][c["name"]]
+    row["faithfulness_seconds"] = round(row["faithfulness_seconds"] + time.perf_counter() - t0, 1)
+    row.setdefault("added_by", []).append("python bench/circuit_report.py " + " ".join(__import__("sys").argv[1:]))
+    kept = [c for c in doc["faithfulness"]["controls"] if c["name"] not in controls]
+    doc["faithfulness"]["controls"] = kept + report["controls"]
+    atomic_write_text(doc_path, json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(row_path, json.dumps(row, indent=1) + "\n")
+    print(json.dumps({"task": name, **{c: row["controls"][c]["status"] for c in controls}}), flush=True)
+
+
 def _num(x, fmt: str = ".4f") -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -89,10 +116,21 @@ def markdown(doc: dict) -> str:
     for r in rows:
         lines.append(f"- **{r['task']}**")
         lines += [f"  - {n}: {c['status']}: {c['verdict']}" for n, c in r["controls"].items()]
+    lines += ["", f"The model on the 20 tasks ({doc['eval_pairs']} test pairs each):", "",
+              "| task | loss | accuracy | learned | circuit (nodes / edges) |", "| --- | --- | --- | --- | --- |"]
+    by_task = {r["task"]: r for r in rows}
+    for e in doc["eval"]:
+        c = by_task.get(e["task"])
+        lines.append(f"| {e['task']} | {e['loss']:.3f} | {e['accuracy']:.3f} | {'yes' if e['loss'] < LEARNED else 'no'} | "
+                     + (f"{c['nodes'] or '-'} / {c['edges'] or '-'} |" if c else "- |"))
+    losses = {r["task"]: r["loss"] for r in doc["eval"]}
+    pending = [t for t in doc["learned"] if t not in {r["task"] for r in rows}]
+    if pending:
+        lines += ["", "Learned but not pruned in this report (no row yet): "
+                  + ", ".join(f"{t} {losses[t]:.3f}" for t in pending)]
     skipped = doc.get("not_learned") or []
     if skipped:
-        lines += ["", "Not pruned (not learned, or not asked for): "
-                  + ", ".join(f"{t} {v:.3f}" for t, v in skipped)]
+        lines += ["", "Not learned (loss >= 0.45, not pruned): " + ", ".join(f"{t} {v:.3f}" for t, v in skipped)]
     return "\n".join(lines) + "\n"
 
 
@@ -107,6 +145,8 @@ def main() -> None:
     ap.add_argument("--eval-pairs", type=int, default=256)
     ap.add_argument("--viewers", default="")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--add-controls", default="",
+                    help="NAME,...: run these controls on tasks that have a row already, and add them to it")
     ap.add_argument("--shard", default="0/1", help="I/N: only every N-th of the tasks, from the I-th")
     args = ap.parse_args()
     import sys
@@ -123,10 +163,11 @@ def main() -> None:
     rows = evaluate(run.model, run.tokenizer, "all", n=args.eval_pairs)
     losses = {r["task"]: r["loss"] for r in rows}
     learned = [t for t, v in losses.items() if v < LEARNED]
-    names = learned if args.tasks == "learned" else args.tasks.split(",")
+    names = learned if args.tasks == "learned" else [] if args.tasks == "none" else args.tasks.split(",")
     shard, n_shards = (int(x) for x in args.shard.split("/"))
     names = names[shard::n_shards]
     controls = CONTROLS if args.controls == "all" else args.controls.split(",")
+    extra = args.add_controls.split(",") if args.add_controls else []
     viewers = set(filter(None, args.viewers.split(",")))
     row_dir = args.out / "rows"
     (args.out / "circuits").mkdir(parents=True, exist_ok=True)
@@ -136,13 +177,18 @@ def main() -> None:
             "eval_pairs": args.eval_pairs, "eval": rows, "learned": learned}
     for name in names:
         if (row_dir / f"{name}.json").is_file():
-            print(f"{name}: row exists, skipped", flush=True)
+            if extra:
+                add_controls(run, args.out, name, extra)
+            else:
+                print(f"{name}: row exists, skipped", flush=True)
+            continue
+        if extra:
             continue
         row, result = one_task(run, name, args.target, args.trials, controls)
         row["command"] = "python bench/circuit_report.py " + " ".join(sys.argv[1:])
         row["machine"] = head["machine"]
         write_outputs(run.path, result)
-        json_path, html_path = write_outputs(args.out / "circuits", result)
+        json_path, html_path = write_outputs(args.out, result)
         if name in viewers:
             html_path.replace(args.out / f"{name}.html")
         else:
@@ -152,8 +198,10 @@ def main() -> None:
                                               "edges_before")}), flush=True)
     order = {t: i for i, t in enumerate(losses)}
     done = sorted((json.loads(p.read_text()) for p in row_dir.glob("*.json")), key=lambda r: order.get(r["task"], 99))
-    doc = {**head, "commands": sorted({r["command"] for r in done}), "tasks": done,
+    doc = {**head, "commands": sorted({c for r in done for c in [r["command"], *r.get("added_by", [])]}), "tasks": done,
            "not_learned": sorted((t, v) for t, v in losses.items() if v >= LEARNED and t not in {r["task"] for r in done})}
+    if not names and args.tasks == "learned":
+        print("no task learned: nothing to prune", flush=True)
     atomic_write_text(args.out / "circuit_report.json", json.dumps(doc, indent=1) + "\n")
     atomic_write_text(args.out / "circuit_report.md", markdown(doc))
 

@@ -260,8 +260,9 @@ def _small() -> RunConfig:
     """The tiny architecture at a 256-token context, trained for about an hour on a 2-core CPU.
 
     Chosen by measurement (bench/results/small_preset_probe/): at 2 threads the 2-layer d128 model runs
-    5.6 steps/s at batch 8 x 256, a 4-layer one 3.6 and a d256 one 2.7, so in an hour the 2-layer model sees
-    the most tokens; 17,000 steps (35M tokens) fit in the hour with a margin."""
+    4.8 steps/s at batch 8 x 256, a 4-layer one 2.8 and a d256 one 2.5, so in an hour the 2-layer model sees
+    the most tokens (1.7x the 4-layer one's); a 15-minute run of it was still improving on most tasks. 17,000
+    steps (35M tokens) took 55 minutes (bench/results/small_circuits/train_output.txt)."""
     cfg = _tiny()
     cfg.model.block_size = 256
     cfg.train = TrainConfig(steps=17000, batch_size=8, seq_len=256, lr=2e-2, eval_every=1000, ckpt_every=1000,
