@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/small_probe"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/small_preset_probe"))
     ap.add_argument("--timing", action="store_true", help="only time each candidate (no training)")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild README.md from the files in --out")
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from sparseformer.checkpoint import atomic_write_text
@@ -147,7 +148,7 @@ def main() -> None:
     timing_path = args.out / "timing.json"
     if args.timing:
         atomic_write_text(timing_path, json.dumps(timing(args.only or list(CANDIDATES), args.runs), indent=1) + "\n")
-    for name in [] if args.timing else args.only or CANDIDATES:
+    for name in [] if args.timing or args.report_only else args.only or CANDIDATES:
         doc = probe(name, CANDIDATES[name], args.minutes, args.runs, args.eval_pairs)
         atomic_write_text(args.out / f"{name}.json", json.dumps(doc, indent=1) + "\n")
         print(json.dumps({k: doc[k] for k in ("name", "steps", "train_seconds", "val_loss", "learned")}), flush=True)
