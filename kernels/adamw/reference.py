@@ -55,7 +55,9 @@ def grad_rms_scale(grads: Sequence[Tensor], *, on_device: bool = False):
 
 
 def grad_norms(grads: Sequence[Tensor]) -> list[Tensor]:
-    """Per-tensor float32 L2 norms, the terms of `grad_rms_scale`."""
+    """Per-tensor float32 L2 norms, the terms of `grad_rms_scale` (none for no tensors)."""
+    if not grads:
+        return []
     return list(torch._foreach_norm([g if g.dtype == torch.float32 else g.float() for g in grads]))
 
 

@@ -144,9 +144,9 @@ def adamw_step_(params: list[Tensor], items: list[AdamWTensor], *, moments: str,
     refresh = {i: lay.dw_policy.computed is None for i, lay in layers.items()}
     step_type = "refresh" if any(refresh.values()) else "support"
     grads, tracked = [it.grad for it in items], tracked_grads(params, items)
-    norms = {"all": grad_norms(grads) if grads else []}    # one pass over every gradient; tracked parts are small
+    norms = {"all": grad_norms(grads)}              # one pass over every gradient; the tracked parts are small
     norms["tracked"] = list(norms["all"])
-    sub = grad_norms([tracked[i] for i in layers]) if layers else []
+    sub = grad_norms([tracked[i] for i in layers])
     for j, i in enumerate(layers):
         norms["tracked"][i] = sub[j]
     scales = {kind: scale_from_norms(norms[kind], sum(g.numel() for g in gs)) for kind, gs in (("all", grads),
