@@ -54,14 +54,17 @@ def one_task(run, name: str, target: float, trials: int, controls) -> dict:
             "nodes_before": b.get("nodes"), "edges_before": b.get("edges"), "loss_before": b.get("loss"),
             "clean_evals": b.get("evals"), "clean_seconds": b.get("seconds"), "prune_seconds": round(prune_s, 1),
             "faithfulness_seconds": round(time.perf_counter() - t0, 1),
-            "controls": {c["name"]: {"status": c["status"], "verdict": c["verdict"]}
-                         for c in result.faithfulness["controls"]},
-            "numbers": {c["name"]: {k: v for k, v in c.items() if isinstance(v, (int, float)) and k != "name"}
-                        for c in result.faithfulness["controls"]},
+            **control_entries(result.faithfulness["controls"]),
             "control_seconds": result.faithfulness["seconds"]}, result
 
 
-def add_controls(run, out: Path, name: str, controls: list[str]) -> None:
+def control_entries(controls: list[dict]) -> dict:
+    """A row's view of faithfulness controls: each one's status and verdict, and its numbers."""
+    return {"controls": {c["name"]: {"status": c["status"], "verdict": c["verdict"]} for c in controls},
+            "numbers": {c["name"]: {k: v for k, v in c.items() if isinstance(v, (int, float))} for c in controls}}
+
+
+def add_controls(run, out: Path, name: str, controls: list[str], command: str) -> None:
     """Run more faithfulness controls on a task's circuit already in the report and merge them into its row
     and its circuit document (a control already there is run again and replaced)."""
     from sparseformer.checkpoint import atomic_write_text
@@ -70,12 +73,11 @@ def add_controls(run, out: Path, name: str, controls: list[str]) -> None:
     row, doc = json.loads(row_path.read_text()), read_circuit(doc_path)
     t0 = time.perf_counter()
     report = run_faithfulness(run, doc, controls=controls)
-    for c in report["controls"]:
-        row["controls"][c["name"]] = {"status": c["status"], "verdict": c["verdict"]}
-        row["numbers"][c["name"]] = {k: v for k, v in c.items() if isinstance(v, (int, float)) and k != "name"}
-        row["control_seconds"][c["name"]] = report["seconds"][c["name"]]
+    for key, entries in control_entries(report["controls"]).items():
+        row[key].update(entries)
+    row["control_seconds"].update({c: report["seconds"][c] for c in controls})
     row["faithfulness_seconds"] = round(row["faithfulness_seconds"] + time.perf_counter() - t0, 1)
-    row.setdefault("added_by", []).append("python bench/circuit_report.py " + " ".join(__import__("sys").argv[1:]))
+    row.setdefault("added_by", []).append(command)
     kept = [c for c in doc["faithfulness"]["controls"] if c["name"] not in controls]
     doc["faithfulness"]["controls"] = kept + report["controls"]
     atomic_write_text(doc_path, json.dumps(doc, indent=1) + "\n")
@@ -172,20 +174,21 @@ def main() -> None:
     row_dir = args.out / "rows"
     (args.out / "circuits").mkdir(parents=True, exist_ok=True)
     row_dir.mkdir(exist_ok=True)
+    command = "python bench/circuit_report.py " + " ".join(sys.argv[1:])
     head = {"run": str(args.run), "step": run.step, "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
             "eval_pairs": args.eval_pairs, "eval": rows, "learned": learned}
     for name in names:
         if (row_dir / f"{name}.json").is_file():
             if extra:
-                add_controls(run, args.out, name, extra)
+                add_controls(run, args.out, name, extra, command)
             else:
                 print(f"{name}: row exists, skipped", flush=True)
             continue
         if extra:
             continue
         row, result = one_task(run, name, args.target, args.trials, controls)
-        row["command"] = "python bench/circuit_report.py " + " ".join(sys.argv[1:])
+        row["command"] = command
         row["machine"] = head["machine"]
         write_outputs(run.path, result)
         json_path, html_path = write_outputs(args.out, result)
@@ -198,8 +201,9 @@ def main() -> None:
                                               "edges_before")}), flush=True)
     order = {t: i for i, t in enumerate(losses)}
     done = sorted((json.loads(p.read_text()) for p in row_dir.glob("*.json")), key=lambda r: order.get(r["task"], 99))
+    pruned = {r["task"] for r in done}
     doc = {**head, "commands": sorted({c for r in done for c in [r["command"], *r.get("added_by", [])]}), "tasks": done,
-           "not_learned": sorted((t, v) for t, v in losses.items() if v >= LEARNED and t not in {r["task"] for r in done})}
+           "not_learned": sorted((t, v) for t, v in losses.items() if v >= LEARNED and t not in pruned)}
     if not names and args.tasks == "learned":
         print("no task learned: nothing to prune", flush=True)
     atomic_write_text(args.out / "circuit_report.json", json.dumps(doc, indent=1) + "\n")

@@ -100,6 +100,11 @@ def timing(names: list[str], runs: Path) -> dict:
     return {"threads": torch.get_num_threads(), "context": CONTEXT, "candidates": rows}
 
 
+def _label(overrides: list[str]) -> str:
+    """A candidate's overrides beyond the shared context, for the tables."""
+    return " ".join(o for o in overrides if o not in CONTEXT) or "(tiny architecture)"
+
+
 def readme(docs: list[dict], timings: dict | None = None) -> str:
     lines = ["# Probes for the `small` preset", "",
              "`python bench/small_preset_probe.py --minutes M` on the 2-core CPU (under the team's CPU lock, other jobs",
@@ -114,14 +119,13 @@ def readme(docs: list[dict], timings: dict | None = None) -> str:
              "| eval pairs | tasks learned |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for d in docs:
-        over = " ".join(o for o in d["overrides"] if o not in CONTEXT) or "(tiny architecture)"
-        lines.append(f"| {d['name']} | `{over}` | {d['minutes_budget']:g} | {d['steps']} | {d['tokens']:,} | "
+        lines.append(f"| {d['name']} | `{_label(d['overrides'])}` | {d['minutes_budget']:g} | {d['steps']} | {d['tokens']:,} | "
                      f"{d['train_seconds'] or ''} | {d.get('minutes_at_median_speed') or ''} | {d['params']:,} | {d['val_loss']:.4f} | {d['eval_pairs']} | {len(d['learned'])} |")
     if timings:
         lines += ["", f"Timing probe (`--timing`, {timings['threads']} threads, sparse from the first step):", "",
                   "| candidate | overrides | steps/s | tokens/s | tokens in an hour |", "| --- | --- | --- | --- | --- |"]
         for name, t in timings["candidates"].items():
-            lines.append(f"| {name} | `{' '.join(t['overrides']) or '(tiny architecture)'}` | {t['steps_per_s']} | "
+            lines.append(f"| {name} | `{_label(t['overrides'])}` | {t['steps_per_s']} | "
                          f"{t['tokens_per_s']:,} | {t['tokens_per_hour']:,} |")
     tasks = list(docs[0]["tasks"]) if docs else []
     lines += ["", "Task loss per candidate:", "", "| task | " + " | ".join(d["name"] for d in docs) + " |",
@@ -148,7 +152,8 @@ def main() -> None:
     timing_path = args.out / "timing.json"
     if args.timing:
         atomic_write_text(timing_path, json.dumps(timing(args.only or list(CANDIDATES), args.runs), indent=1) + "\n")
-    for name in [] if args.timing or args.report_only else args.only or CANDIDATES:
+    trains = not (args.timing or args.report_only)
+    for name in (args.only or CANDIDATES) if trains else []:
         doc = probe(name, CANDIDATES[name], args.minutes, args.runs, args.eval_pairs)
         atomic_write_text(args.out / f"{name}.json", json.dumps(doc, indent=1) + "\n")
         print(json.dumps({k: doc[k] for k in ("name", "steps", "train_seconds", "val_loss", "learned")}), flush=True)
